@@ -1,0 +1,55 @@
+# Two commands do everything on a fresh machine: `make demo` (the main job) and `make test`.
+# Everything is installed into ignored folders of this checkout (.venv, .cache) or the tools' own caches.
+
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+CONFIG  ?= config/rampart.example.yaml
+
+.PHONY: help install services services-down status topics demo test lint unit integration clean
+
+help:
+	@echo "make demo       install, start the services, create keys and topics, run the pipeline"
+	@echo "make test       install, start the services, lint, run every test"
+	@echo "make services   start Kafka, Redis, Prometheus, Jaeger on 127.0.0.1 (make services-down stops them)"
+	@echo "make lint       ruff and mypy --strict"
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+	python3 scripts/services install
+
+services: install
+	python3 scripts/services up
+
+services-down:
+	python3 scripts/services down
+
+status:
+	python3 scripts/services status
+
+topics: services
+	$(BIN)/rampart --config $(CONFIG) topics create
+
+demo: services
+	CONFIG=$(CONFIG) scripts/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check rampart ingest processors sinks schemas tests scripts/services
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: services
+	$(BIN)/pytest tests/integration tests/e2e
+
+test: services lint
+	$(BIN)/pytest
+
+clean: services-down
+	rm -rf .cache $(VENV) secrets

@@ -1,0 +1,1 @@
+"""OTLP/HTTP and OTLP/gRPC ingest gateway."""

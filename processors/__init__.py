@@ -1,0 +1,1 @@
+"""Stream stages (validate, scrub, dedup, forgery) and the stage runtime."""

@@ -1,0 +1,1 @@
+"""Rampart: shared configuration, key ring, Kafka clients, topics, logging and the CLI."""

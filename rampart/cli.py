@@ -1,0 +1,175 @@
+"""The ``rampart`` command: one entry point, a subcommand per role or operator task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+from confluent_kafka import KafkaException
+
+from rampart.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, ConfigError, RampartConfig, load_config
+from rampart.kafka import admin_client
+from rampart.keyring import KeyringError, load_keyring, write_key
+from rampart.settings import redacted
+from rampart.topics import TopicNames, create_topics
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace, RampartConfig, Mapping[str, str]], int]
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_USAGE
+    path = args.config or env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+    try:
+        config = load_config(path, env)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    handler: Handler = args.handler
+    return handler(args, config, env)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rampart",
+        description="Rampart: a secure, horizontally scalable OpenTelemetry pipeline on Apache Kafka. "
+                    "Gateways authenticate and sign OTLP batches into Kafka; workers validate, scrub, "
+                    "deduplicate and screen them; sinks export them to Jaeger, Prometheus or any OTLP backend.",
+        epilog=f"Configuration: --config PATH, else ${CONFIG_ENV_VAR}, else {DEFAULT_CONFIG_PATH}. "
+               "Any key can be overridden with RAMPART__SECTION__KEY=value.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="YAML configuration file")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    config_cmd = sub.add_parser("config", help="check and show the effective configuration")
+    config_sub = config_cmd.add_subparsers(title="config commands", metavar="ACTION", required=True)
+    check = config_sub.add_parser("check", help="validate the config and print it with secrets hidden")
+    check.set_defaults(handler=_config_check)
+
+    topics = sub.add_parser("topics", help="create or list the pipeline's Kafka topics")
+    topics_sub = topics.add_subparsers(title="topics commands", metavar="ACTION", required=True)
+    create = topics_sub.add_parser(
+        "create", help="create every missing topic (idempotent)",
+        description="Create the raw, clean, rejected, quarantine, dead-letter and audit topics with "
+                    "topics.partitions partitions. Topics that exist already are left untouched.")
+    create.add_argument("--partitions", type=int, help="override topics.partitions for new topics")
+    create.set_defaults(handler=_topics_create)
+    listing = topics_sub.add_parser("list", help="list the pipeline's topics and their partition counts")
+    listing.set_defaults(handler=_topics_list)
+
+    keys = sub.add_parser("keys", help="manage the HMAC keys that sign envelopes")
+    keys_sub = keys.add_subparsers(title="keys commands", metavar="ACTION", required=True)
+    gen = keys_sub.add_parser(
+        "generate", help="add a new random key to a key file",
+        description="Add a new 256-bit random key to the key file (created with mode 0600). The first key, "
+                    "or any key given --signing, becomes the signing key; the others stay verify-only, "
+                    "which is how keys rotate without downtime.")
+    gen.add_argument("--id", required=True, dest="key_id", help="key id, e.g. gateway-2026-11")
+    gen.add_argument("--file", help="key file (default: keyring.file from the config)")
+    gen.add_argument("--signing", action="store_true", help="make the new key the signing key")
+    gen.set_defaults(handler=_keys_generate)
+    klist = keys_sub.add_parser("list", help="list key ids, their roles and fingerprints (never the keys)")
+    klist.set_defaults(handler=_keys_list)
+
+    for role, text in (("gateway", "run an OTLP/HTTP + OTLP/gRPC ingest gateway"),
+                       ("worker", "run stream stages (validate, scrub, dedup, forgery)"),
+                       ("sink", "run an exporter to Jaeger, Prometheus or an OTLP backend")):
+        stub = sub.add_parser(role, help=f"{text} (not yet implemented)",
+                              description=f"{text}. Not implemented in this version of Rampart.")
+        stub.set_defaults(handler=_not_implemented(role))
+    return parser
+
+
+def _not_implemented(role: str) -> Handler:
+    def handler(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+        print(f"rampart {role}: not implemented in this version of Rampart", file=sys.stderr)
+        return EXIT_FAILURE
+
+    return handler
+
+
+def _config_check(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    print(f"config OK: {config.source}")
+    print(json.dumps(redacted(config), indent=2))
+    return EXIT_OK
+
+
+def _topics_create(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+
+    topics_config = config.topics
+    if args.partitions is not None:
+        if args.partitions < 1:
+            print("rampart topics create: --partitions must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+        topics_config = replace(topics_config, partitions=args.partitions)
+    admin = admin_client(config.kafka, "rampart-topics")
+    try:
+        report = create_topics(admin, topics_config, config.kafka.max_message_bytes)
+    except KafkaException as exc:
+        print(f"rampart topics create: Kafka at {config.kafka.bootstrap_servers} refused or did not answer: "
+              f"{exc.args[0]}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name in report.created:
+        print(f"created  {name} ({topics_config.partitions} partitions)")
+    for name in report.existing:
+        print(f"exists   {name}")
+    print(f"{len(report.created)} topics created, {len(report.existing)} already existed "
+          f"on {config.kafka.bootstrap_servers}")
+    return EXIT_OK
+
+
+def _topics_list(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+
+    try:
+        metadata = admin_client(config.kafka, "rampart-topics").list_topics(timeout=10)
+    except KafkaException as exc:
+        print(f"rampart topics list: Kafka at {config.kafka.bootstrap_servers} did not answer: {exc.args[0]}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    for name in TopicNames(config.topics.prefix).all(config.topics.dlq_sinks):
+        topic = metadata.topics.get(name)
+        state = f"{len(topic.partitions)} partitions" if topic is not None and not topic.error else "missing"
+        print(f"{name:40} {state}")
+    return EXIT_OK
+
+
+def _keys_generate(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    path = args.file or config.keyring.file
+    if path is None:
+        print("rampart keys generate: no key file: pass --file PATH or set keyring.file in "
+              f"{config.source}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ring = write_key(path, args.key_id, make_signing=args.signing)
+    except KeyringError as exc:
+        print(f"rampart keys generate: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"added key {args.key_id!r} to {path}; signing key is now {ring.signing_key_id!r}")
+    return EXIT_OK
+
+
+def _keys_list(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        ring = load_keyring(config.keyring, env)
+    except KeyringError as exc:
+        print(f"rampart keys list: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for info in ring.describe():
+        print(f"{info.key_id:32} {'signing' if info.signing else 'verify '}  sha256:{info.fingerprint}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

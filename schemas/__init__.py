@@ -1,0 +1,1 @@
+"""The Kafka envelope schema and its codec."""

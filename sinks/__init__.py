@@ -1,0 +1,1 @@
+"""Exporters to OTLP backends (Jaeger) and Prometheus remote write."""

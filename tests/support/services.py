@@ -1,0 +1,56 @@
+"""Checks that the real local services answer; a missing one fails the test with how to start it."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+import redis
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+START = "start them with `scripts/services up` (or `make services`)"
+
+KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PROMETHEUS_URL = "http://127.0.0.1:9090"
+JAEGER_QUERY_URL = "http://127.0.0.1:16686"
+JAEGER_OTLP_HTTP_URL = "http://127.0.0.1:14318"
+
+
+def require_kafka() -> str:
+    try:
+        AdminClient({"bootstrap.servers": KAFKA_BOOTSTRAP}).list_topics(timeout=10)
+    except KafkaException as exc:
+        pytest.fail(f"Kafka is not reachable at {KAFKA_BOOTSTRAP} ({exc.args[0]}); {START}", pytrace=False)
+    return KAFKA_BOOTSTRAP
+
+
+def require_redis() -> str:
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); {START}", pytrace=False)
+    return REDIS_URL
+
+
+def _require_http(name: str, url: str) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            if resp.status != 200:
+                pytest.fail(f"{name} answered {resp.status} at {url}; {START}", pytrace=False)
+    except (urllib.error.URLError, OSError) as exc:
+        pytest.fail(f"{name} is not reachable at {url} ({exc}); {START}", pytrace=False)
+
+
+def require_prometheus() -> str:
+    _require_http("Prometheus", f"{PROMETHEUS_URL}/-/ready")
+    return PROMETHEUS_URL
+
+
+def require_jaeger() -> str:
+    _require_http("Jaeger", f"{JAEGER_QUERY_URL}/api/services")
+    return JAEGER_QUERY_URL

@@ -1,0 +1,65 @@
+"""The rampart command: help everywhere, honest stubs, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rampart.cli import main
+
+COMMANDS = [[], ["config"], ["config", "check"], ["topics"], ["topics", "create"], ["topics", "list"], ["keys"],
+            ["keys", "generate"], ["keys", "list"], ["gateway"], ["worker"], ["sink"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "rampart")
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"], env={})
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rampart") and len(out.splitlines()) > 3
+
+
+@pytest.mark.parametrize("role", ["gateway", "worker", "sink"])
+def test_unimplemented_roles_say_so_and_fail(role: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([role], env={}) == 1
+    assert "not implemented" in capsys.readouterr().err
+
+
+def test_config_error_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("topics:\n  partitions: -3\n")
+    assert main(["--config", str(path), "config", "check"], env={}) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"config error: topics.partitions in {path}: expected an integer >= 1 and <= 10000, got -3"
+
+
+def test_config_path_from_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka:\n  sasl_password: s3cret\n")
+    assert main(["config", "check"], env={"RAMPART_CONFIG": str(path)}) == 0
+    out = capsys.readouterr().out
+    assert f"config OK: {path}" in out and "s3cret" not in out and "********" in out
+
+
+def test_keys_generate_then_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keyfile = tmp_path / "keys.yaml"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"keyring:\n  file: {keyfile}\n")
+    assert main(["--config", str(config), "keys", "generate", "--id", "gw-1"], env={}) == 0
+    assert main(["--config", str(config), "keys", "generate", "--id", "gw-2", "--signing"], env={}) == 0
+    assert main(["--config", str(config), "keys", "generate", "--id", "gw-2"], env={}) == 1
+    capsys.readouterr()
+    assert main(["--config", str(config), "keys", "list"], env={}) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["gw-1", "verify"], ["gw-2", "signing"]]
+    secret_lines = [line for line in keyfile.read_text().splitlines() if line.startswith("  gw-")]
+    assert not any(line.split(": ")[1] in "\n".join(lines) for line in secret_lines)
+
+
+def test_keys_generate_without_a_file_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("keyring:\n  file: null\n")
+    assert main(["--config", str(config), "keys", "generate", "--id", "x"], env={}) == 2
+    assert "pass --file PATH or set keyring.file" in capsys.readouterr().err
