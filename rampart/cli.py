@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
+import redis
 from confluent_kafka import KafkaException
 
-from rampart.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, ConfigError, RampartConfig, load_config
-from rampart.kafka import admin_client
+from ingest.apikeys import ApiKeyRegistry
+from ingest.server import GatewayStartupError, redis_clients, run_gateway
+from rampart.audit import AuditLog
+from rampart.config import (
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    LoggingConfig,
+    RampartConfig,
+    load_config,
+)
+from rampart.kafka import admin_client, producer
 from rampart.keyring import KeyringError, load_keyring, write_key
+from rampart.logs import setup_logging
 from rampart.settings import redacted
 from rampart.topics import TopicNames, create_topics
+from schemas.envelope import Signal
 
 __all__ = ["main"]
 
@@ -37,6 +53,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    setup_logging(config.logging if args.handler is _gateway else LoggingConfig(level="WARNING", format="text"))
     handler: Handler = args.handler
     return handler(args, config, env)
 
@@ -83,8 +100,32 @@ def _build_parser() -> argparse.ArgumentParser:
     klist = keys_sub.add_parser("list", help="list key ids, their roles and fingerprints (never the keys)")
     klist.set_defaults(handler=_keys_list)
 
-    for role, text in (("gateway", "run an OTLP/HTTP + OTLP/gRPC ingest gateway"),
-                       ("worker", "run stream stages (validate, scrub, dedup, forgery)"),
+    gateway = sub.add_parser(
+        "gateway", help="run an OTLP/HTTP + OTLP/gRPC ingest gateway",
+        description="Accept OTLP over HTTP (gateway.http_listen, default 127.0.0.1:4318) and gRPC "
+                    "(gateway.grpc_listen, default 127.0.0.1:4317); authenticate each request by API key, "
+                    "rate-limit its tenant, sign the batch and answer only once Kafka holds it. Serves "
+                    "/metrics, /healthz and /readyz on gateway.admin_listen. Stops cleanly on SIGTERM.")
+    gateway.set_defaults(handler=_gateway)
+
+    apikeys = sub.add_parser("apikeys", help="create, list and revoke ingest API keys")
+    apikeys_sub = apikeys.add_subparsers(title="apikeys commands", metavar="ACTION", required=True)
+    ak_create = apikeys_sub.add_parser(
+        "create", help="issue a key for one tenant and a set of signals (printed once)",
+        description="Issue an ingest API key. The key is printed once and stored only as a SHA-256 hash in "
+                    "Redis; every gateway picks it up within gateway.apikey_refresh_interval_s.")
+    ak_create.add_argument("--tenant", required=True, help="tenant the key's data belongs to")
+    ak_create.add_argument("--signals", default="traces,metrics,logs",
+                           help="comma-separated signals the key may send (default: all three)")
+    ak_create.add_argument("--name", default="", help="a note for operators, e.g. the owning service")
+    ak_create.set_defaults(handler=_apikeys_create)
+    ak_list = apikeys_sub.add_parser("list", help="list keys (ids, tenants, signals, state; never secrets)")
+    ak_list.set_defaults(handler=_apikeys_list)
+    ak_revoke = apikeys_sub.add_parser("revoke", help="revoke a key on every gateway within seconds")
+    ak_revoke.add_argument("key_id", help="the key id shown by `apikeys list`")
+    ak_revoke.set_defaults(handler=_apikeys_revoke)
+
+    for role, text in (("worker", "run stream stages (validate, scrub, dedup, forgery)"),
                        ("sink", "run an exporter to Jaeger, Prometheus or an OTLP backend")):
         stub = sub.add_parser(role, help=f"{text} (not yet implemented)",
                               description=f"{text}. Not implemented in this version of Rampart.")
@@ -98,6 +139,74 @@ def _not_implemented(role: str) -> Handler:
         return EXIT_FAILURE
 
     return handler
+
+
+def _gateway(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        asyncio.run(run_gateway(config, env))
+    except GatewayStartupError as exc:
+        print(f"rampart gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _registry(config: RampartConfig) -> ApiKeyRegistry:
+    return ApiKeyRegistry(redis_clients(config)[0], config.redis.key_prefix)
+
+
+def _apikeys_create(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        signals = [Signal(s.strip()) for s in args.signals.split(",") if s.strip()]
+        key, token = _registry(config).create(args.tenant, signals, args.name)
+    except ValueError as exc:
+        print(f"rampart apikeys create: {exc} (signals are traces, metrics, logs)", file=sys.stderr)
+        return EXIT_USAGE
+    except redis.RedisError as exc:
+        print(f"rampart apikeys create: Redis at {config.redis.url} did not answer: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    _operator_audit(config, "apikey_created", key.tenant, key.key_id)
+    print(f"key id:  {key.key_id}\ntenant:  {key.tenant}\nsignals: {','.join(sorted(s.value for s in key.signals))}")
+    print(f"API key (shown once, store it now): {token}")
+    return EXIT_OK
+
+
+def _operator_audit(config: RampartConfig, event: str, tenant: str, key_id: str) -> None:
+    """Record an operator action on the audit topic; say so plainly if Kafka cannot take it."""
+    audit_producer = producer(config.kafka, "rampart-cli", **{"delivery.timeout.ms": 10_000})
+    audit = AuditLog(audit_producer, TopicNames(config.topics.prefix).audit(), "cli", socket.gethostname())
+    audit.emit(event, tenant=tenant, principal=key_id, operator=getpass.getuser())
+    if audit_producer.flush(15) or audit.failures:
+        print(f"warning: the audit event {event} did not reach Kafka at {config.kafka.bootstrap_servers}",
+              file=sys.stderr)
+
+
+def _apikeys_list(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        table = _registry(config).load()
+    except redis.RedisError as exc:
+        print(f"rampart apikeys list: Redis at {config.redis.url} did not answer: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{'KEY ID':18} {'TENANT':20} {'SIGNALS':22} {'STATE':8} NAME")
+    for key in sorted(table.keys(), key=lambda k: (k.tenant, k.created_at)):
+        state = "revoked" if key.revoked_at else "active"
+        print(f"{key.key_id:18} {key.tenant:20} {','.join(sorted(s.value for s in key.signals)):22} {state:8} "
+              f"{key.name}")
+    return EXIT_OK
+
+
+def _apikeys_revoke(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        key = _registry(config).revoke(args.key_id)
+    except KeyError:
+        print(f"rampart apikeys revoke: no key with id {args.key_id!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    except redis.RedisError as exc:
+        print(f"rampart apikeys revoke: Redis at {config.redis.url} did not answer: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    _operator_audit(config, "apikey_revoked", key.tenant, key.key_id)
+    print(f"revoked {key.key_id} (tenant {key.tenant}); gateways stop accepting it within "
+          f"{config.gateway.apikey_refresh_interval_s:g}s")
+    return EXIT_OK
 
 
 def _config_check(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:

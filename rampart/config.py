@@ -12,17 +12,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from rampart.settings import ConfigError, Secret, bounded, internal_field, load, parse_yaml_file, secret_field
+from rampart.settings import (
+    ConfigError,
+    Secret,
+    bounded,
+    internal_field,
+    load,
+    matching,
+    parse_yaml_file,
+    path_field,
+    resolve_paths,
+    secret_field,
+)
 
 __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
     "ConfigError",
+    "GatewayConfig",
     "KafkaConfig",
     "KeyringConfig",
     "LoggingConfig",
     "RampartConfig",
+    "RateLimitConfig",
     "RedisConfig",
+    "TlsConfig",
     "TopicsConfig",
     "load_config",
 ]
@@ -41,9 +55,9 @@ class KafkaConfig:
     sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
     sasl_password: Secret | None = secret_field()
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
+    ssl_ca_location: str | None = path_field()
+    ssl_certificate_location: str | None = path_field()
+    ssl_key_location: str | None = path_field()
     # The largest record a producer may send. The broker's message.max.bytes (and every topic's
     # max.message.bytes) must be at least this; the local broker and `rampart topics create` use it.
     max_message_bytes: int = bounded(10 * 1024 * 1024, min=1024 * 1024, max=256 * 1024 * 1024)
@@ -67,7 +81,7 @@ class TopicsConfig:
 class KeyringConfig:
     # A YAML file holding the HMAC keys (see `rampart keys generate`). When unset, keys come from
     # the environment variable named by env_var, as "id1:base64,id2:base64".
-    file: str | None = None
+    file: str | None = path_field()
     env_var: str = "RAMPART_KEYS"
     # The key this process signs with; every other key in the ring only verifies. When unset,
     # the file's own signing_key_id is used.
@@ -77,8 +91,65 @@ class KeyringConfig:
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis key Rampart writes starts with this, so several deployments can share a Redis.
+    key_prefix: str = "rampart"
     password: Secret | None = secret_field()
     socket_timeout_s: float = bounded(2.0, min=0.01, max=60.0)
+
+
+_LISTEN = r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}"
+_LISTEN_HINT = "host:port, e.g. 127.0.0.1:4318 or 0.0.0.0:4318"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server TLS for a listener. Both files set: TLS on; client_ca_file set too: mutual TLS required."""
+
+    cert_file: str | None = path_field()
+    key_file: str | None = path_field()
+    client_ca_file: str | None = path_field()
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Token buckets per tenant, shared by every gateway replica through Redis."""
+
+    requests_per_s: float = bounded(500.0, min=0.001)
+    burst_requests: float = bounded(1000.0, min=1)
+    bytes_per_s: float = bounded(64 * 1024 * 1024, min=1)
+    burst_bytes: float = bounded(128 * 1024 * 1024, min=1)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    # Written into every envelope; defaults to "<hostname>-<pid>".
+    id: str | None = None
+    http_listen: str = matching("127.0.0.1:4318", _LISTEN, _LISTEN_HINT)
+    grpc_listen: str = matching("127.0.0.1:4317", _LISTEN, _LISTEN_HINT)
+    # /metrics, /healthz and /readyz; keep it off the public interface.
+    admin_listen: str = matching("127.0.0.1:9464", _LISTEN, _LISTEN_HINT)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    # Request body as received (compressed or not), and after gzip decompression.
+    max_request_bytes: int = bounded(16 * 1024 * 1024, min=1024, max=1024 * 1024 * 1024)
+    max_decompressed_bytes: int = bounded(64 * 1024 * 1024, min=1024, max=1024 * 1024 * 1024)
+    # Requests being handled at once; beyond this the gateway sheds load with 503 + Retry-After.
+    max_in_flight: int = bounded(256, min=1, max=100_000)
+    # How long a request waits for Kafka's acknowledgement before answering 503/UNAVAILABLE.
+    kafka_ack_timeout_ms: int = bounded(5_000, min=100, max=120_000)
+    # Retry-After sent with 503/UNAVAILABLE.
+    retry_after_s: int = bounded(2, min=1, max=3600)
+    # A client that has not sent its whole request by then is cut off (slow-loris defence).
+    request_timeout_s: float = bounded(30.0, min=0.1, max=3600.0)
+    # What rate limiting does when Redis cannot be reached: "open" lets requests through (with a
+    # metric and a log line), "closed" answers 503.
+    redis_failure_policy: Literal["open", "closed"] = "open"
+    # How often each replica reloads the API-key registry from Redis: the upper bound on how long
+    # a revoked key keeps working.
+    apikey_refresh_interval_s: float = bounded(2.0, min=0.1, max=300.0)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Per-tenant overrides of rate_limit, by tenant id.
+    tenant_rate_limits: dict[str, RateLimitConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,6 +164,7 @@ class RampartConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     keyring: KeyringConfig = field(default_factory=KeyringConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Where this config was read from; relative paths inside it are resolved against its folder.
     source: str = internal_field("<defaults>")
@@ -105,8 +177,4 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> RampartConfi
     """
     data = parse_yaml_file(path)
     config = load(RampartConfig, data, path, os.environ if env is None else env)
-    base = os.path.dirname(os.path.abspath(path))
-    keyring = config.keyring
-    if keyring.file is not None and not os.path.isabs(keyring.file):
-        keyring = replace(keyring, file=os.path.join(base, keyring.file))
-    return replace(config, keyring=keyring, source=path)
+    return replace(resolve_paths(config, os.path.dirname(os.path.abspath(path))), source=path)

@@ -6,6 +6,7 @@ limits and delivery guarantees are set once and agree everywhere.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -23,6 +24,8 @@ def client_properties(config: KafkaConfig, client_id: str) -> dict[str, Any]:
         "bootstrap.servers": config.bootstrap_servers,
         "client.id": client_id,
         "security.protocol": config.security_protocol,
+        # librdkafka's own log lines go through Python logging (JSON in production), not raw stderr.
+        "logger": logging.getLogger("rampart.kafka.client"),
     }
     optional = {
         "sasl.mechanism": config.sasl_mechanism,

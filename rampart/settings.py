@@ -8,6 +8,8 @@ it without reading code. Only the types the config tree uses are supported, on p
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -37,9 +39,33 @@ def bounded(default: T, *, min: float | None = None, max: float | None = None) -
     return field(default=default, metadata={"min": min, "max": max})
 
 
+def matching(default: T, pattern: str, hint: str) -> T:
+    """A string field that must match ``pattern`` (``hint`` says what is expected in words)."""
+    return field(default=default, metadata={"pattern": re.compile(pattern), "hint": hint})
+
+
 def internal_field(default: T) -> T:
     """A field set by the program, never by the config file or environment."""
     return field(default=default, metadata={"internal": True})
+
+
+def path_field() -> Any:
+    """An optional file path; relative paths are resolved against the config file's folder."""
+    return field(default=None, metadata={"path": True})
+
+
+def resolve_paths(obj: T, base: str) -> T:
+    """A copy of the config tree with every relative path_field made absolute against ``base``."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("path") and isinstance(value, str) and not os.path.isabs(value):
+            changes[f.name] = os.path.normpath(os.path.join(base, value))
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = resolve_paths(value, base)
+    return dataclasses.replace(obj, **changes)
 
 
 def secret_field() -> Any:
@@ -197,6 +223,9 @@ def _convert(tp: Any, value: Any, key: str, source: str, meta: Mapping[str, Any]
         text = value.raw if isinstance(value, _EnvValue) else value
         if not isinstance(text, str):
             raise ConfigError(key, where, f"expected a string, got {_describe(text)}")
+        pattern = meta.get("pattern")
+        if pattern is not None and not pattern.fullmatch(text):
+            raise ConfigError(key, where, f"expected {meta['hint']}, got {text!r}")
         return Secret(text) if tp is Secret else text
     raise TypeError(f"settings loader does not support the type {tp!r} of {key}")  # a bug, not user input
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pathlib
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
 from tests.support import services
+from tests.support.gateway import Deployment, deployments
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +37,10 @@ def unique_prefix(request: pytest.FixtureRequest) -> str:
     """A topic prefix no other test uses, so tests never see each other's data."""
     name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40]
     return f"test.{name}.{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def deployment(kafka_bootstrap: str, redis_url: str, unique_prefix: str,
+               tmp_path: pathlib.Path) -> Iterator[Deployment]:
+    """An isolated deployment (own topics, Redis prefix, key ring) whose gateways stop after the test."""
+    yield from deployments(kafka_bootstrap, redis_url, unique_prefix, tmp_path)

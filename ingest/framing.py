@@ -1,0 +1,63 @@
+"""A cheap safety check of a payload's outer framing, without decoding it.
+
+The gateway does not decode payloads (the validate stage does, with reject records that name the
+problem). It only checks what lets it answer 400 at once for bodies that cannot be OTLP at all:
+for protobuf, that the top level is a sequence of well-formed field 1 (length-delimited) entries,
+which is a walk over a few varints per resource; for JSON, that the body is one object.
+"""
+
+from __future__ import annotations
+
+from ingest.errors import InvalidArgument
+from schemas.envelope import PayloadFormat
+
+__all__ = ["check_framing"]
+
+_MAX_VARINT_BYTES = 10
+
+
+def check_framing(payload_format: PayloadFormat, payload: bytes, signal_name: str) -> None:
+    if payload_format is PayloadFormat.OTLP_JSON:
+        stripped = payload.strip()
+        if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+            raise InvalidArgument(f"request body is not an OTLP {signal_name} JSON object")
+        return
+    _check_protobuf(payload, signal_name)
+
+
+def _check_protobuf(data: bytes, signal_name: str) -> None:
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, pos = _varint(data, pos, signal_name)
+        field, wire_type = tag >> 3, tag & 7
+        if field == 0:
+            raise InvalidArgument(f"request body is not an OTLP {signal_name} protobuf message (field number 0)")
+        if wire_type == 2:
+            length, pos = _varint(data, pos, signal_name)
+            if length > end - pos:
+                raise InvalidArgument(f"OTLP {signal_name} protobuf message is truncated")
+            pos += length
+        elif wire_type == 0:
+            _, pos = _varint(data, pos, signal_name)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise InvalidArgument(f"request body is not an OTLP {signal_name} protobuf message "
+                                  f"(wire type {wire_type})")
+        if pos > end:
+            raise InvalidArgument(f"OTLP {signal_name} protobuf message is truncated")
+
+
+def _varint(data: bytes, pos: int, signal_name: str) -> tuple[int, int]:
+    result = shift = 0
+    for i in range(_MAX_VARINT_BYTES):
+        if pos + i >= len(data):
+            raise InvalidArgument(f"OTLP {signal_name} protobuf message is truncated")
+        byte = data[pos + i]
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos + i + 1
+        shift += 7
+    raise InvalidArgument(f"request body is not an OTLP {signal_name} protobuf message (bad varint)")

@@ -1,0 +1,184 @@
+"""The protocol-independent core of the gateway: authenticate, limit, sign, publish, account.
+
+The HTTP and gRPC front ends read requests and translate IngestError into their status codes;
+everything that decides whether a batch is accepted happens here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ingest.apikeys import ApiKey, ApiKeyCache, RevokedKey
+from ingest.errors import IngestError, PermissionDenied, Throttled, Unauthenticated, Unavailable
+from ingest.framing import check_framing
+from ingest.metrics import GatewayMetrics
+from ingest.publisher import Publisher
+from ingest.ratelimit import RateLimiter
+from ingest.splitting import split_payload
+from rampart.audit import AuditLog
+from rampart.keyring import KeyRing
+from rampart.topics import TopicNames
+from schemas.envelope import Envelope, PayloadFormat, Signal, encode
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger(__name__)
+
+# Room left in a Kafka record for the envelope's own fields around the payload.
+_ENVELOPE_HEADROOM_BYTES = 64 * 1024
+_THROTTLE_AUDIT_INTERVAL_S = 10.0
+
+
+@dataclass
+class _ThrottleWindow:
+    last_emitted: float = 0.0
+    suppressed: int = 0
+
+
+class Gateway:
+    def __init__(self, *, gateway_id: str, keyring: KeyRing, keys: ApiKeyCache, limiter: RateLimiter,
+                 publisher: Publisher, topics: TopicNames, audit: AuditLog, metrics: GatewayMetrics,
+                 max_in_flight: int, max_message_bytes: int, retry_after_s: float, redis_policy: str) -> None:
+        self.gateway_id = gateway_id
+        self._keyring = keyring
+        self._keys = keys
+        self._limiter = limiter
+        self._publisher = publisher
+        self._topics = topics
+        self._audit = audit
+        self.metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._max_payload_bytes = max_message_bytes - _ENVELOPE_HEADROOM_BYTES
+        self._retry_after_s = retry_after_s
+        self._redis_policy = redis_policy
+        self._throttled: dict[str, _ThrottleWindow] = {}
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Admit one request or shed it with 503 when ``max_in_flight`` are already being handled."""
+        if self._in_flight >= self._max_in_flight:
+            raise Unavailable("gateway is at its concurrency limit", self._retry_after_s)
+        self._in_flight += 1
+        self.metrics.in_flight.set(self._in_flight)
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
+
+    def ready(self) -> bool:
+        return self._publisher.kafka_reachable and self._keys.table is not None
+
+    def authenticate(self, token: str | None, signal: Signal, remote: str) -> ApiKey:
+        """The API key behind ``token``, allowed to send ``signal``; auth failures are audited."""
+        table = self._keys.table
+        if table is None:
+            raise Unavailable("API-key registry not loaded yet", self._retry_after_s)
+        try:
+            return table.authenticate(token, signal)
+        except RevokedKey as exc:
+            self._audit.emit("revoked_key_use", tenant=exc.key.tenant, principal=exc.key.key_id,
+                             signal=signal.value, remote=remote)
+            raise
+        except Unauthenticated as exc:
+            self._audit.emit("auth_failure", reason=exc.message, signal=signal.value, remote=remote,
+                             principal=_key_id_of(token))
+            raise
+        except PermissionDenied as exc:
+            self._audit.emit("permission_denied", reason=exc.message, signal=signal.value, remote=remote,
+                             principal=_key_id_of(token))
+            raise
+
+    async def accept(self, key: ApiKey, signal: Signal, payload_format: PayloadFormat, payload: bytes,
+                     received_at_ns: int) -> int:
+        """Check, sign and publish one request's payload; returns once Kafka holds all of it.
+
+        Returns the number of envelopes written. Raises IngestError when the batch is refused;
+        nothing is acknowledged to the client unless every envelope was acknowledged by Kafka.
+        """
+        check_framing(payload_format, payload, signal.value)
+        if not payload:
+            return 0  # an empty export request is valid OTLP and carries nothing to keep
+        outcome = await self._rate_limit(key, signal, len(payload))
+        if not self._publisher.kafka_reachable:
+            raise Unavailable("Kafka is unreachable", self._retry_after_s)
+        parts = split_payload(signal, payload_format, payload, self._max_payload_bytes)
+        request_id = str(uuid.uuid4())
+        envelopes = []
+        for index, part in enumerate(parts):
+            attributes = {"rampart.request_id": request_id}
+            if len(parts) > 1:
+                attributes["rampart.split"] = f"{index + 1}/{len(parts)}"
+            if not outcome:
+                attributes["rampart.ratelimit"] = "unchecked"
+            envelope = Envelope(batch_id=str(uuid.uuid4()), tenant=key.tenant, principal=key.key_id,
+                                signal=signal, payload_format=payload_format, received_at_ns=received_at_ns,
+                                gateway_id=self.gateway_id, payload=part, stages=("gateway",),
+                                attributes=attributes)
+            envelopes.append(self._keyring.sign(envelope))
+        topic = self._topics.raw(signal)
+        await asyncio.gather(*(self._publisher.publish(topic, e.batch_id.encode(), encode(e)) for e in envelopes))
+        self.metrics.envelopes.labels(signal.value).inc(len(envelopes))
+        self.metrics.received_bytes.labels(signal.value, key.tenant).inc(len(payload))
+        self.metrics.request_size.labels(signal.value).observe(len(payload))
+        return len(envelopes)
+
+    def observe(self, transport: str, signal: Signal, tenant: str, error: IngestError | None,
+                started: float) -> None:
+        code = "200" if error is None else str(error.http_status)
+        self.metrics.requests.labels(transport, signal.value, tenant, code).inc()
+        self.metrics.request_duration.labels(transport, signal.value).observe(time.perf_counter() - started)
+        self.metrics.kafka_queue.set(self._publisher.queue_length())
+        self.metrics.kafka_reachable.set(1 if self._publisher.kafka_reachable else 0)
+
+    async def _rate_limit(self, key: ApiKey, signal: Signal, size: int) -> bool:
+        """True when the limiter decided; False when Redis was unreachable and the policy let it pass."""
+        try:
+            outcome = await self._limiter.check(key.tenant, size)
+        except Throttled:
+            self._audit_throttle(key, signal)
+            raise
+        except Unavailable:
+            self.metrics.ratelimit_redis_errors.labels("closed").inc()
+            raise
+        if not outcome.redis_ok:
+            self.metrics.ratelimit_redis_errors.labels("open").inc()
+            self._audit_throttle_unchecked(key)
+        return outcome.redis_ok
+
+    def _audit_throttle(self, key: ApiKey, signal: Signal) -> None:
+        window = self._throttled.setdefault(key.tenant, _ThrottleWindow())
+        now = time.monotonic()
+        if now - window.last_emitted < _THROTTLE_AUDIT_INTERVAL_S:
+            window.suppressed += 1
+            return
+        self._audit.emit("rate_limited", tenant=key.tenant, principal=key.key_id, signal=signal.value,
+                         suppressed_since_last=window.suppressed)
+        window.last_emitted, window.suppressed = now, 0
+
+    def _audit_throttle_unchecked(self, key: ApiKey) -> None:
+        window = self._throttled.setdefault(f"unchecked:{key.tenant}", _ThrottleWindow())
+        now = time.monotonic()
+        if now - window.last_emitted >= _THROTTLE_AUDIT_INTERVAL_S:
+            self._audit.emit("rate_limit_unchecked", tenant=key.tenant, principal=key.key_id,
+                             reason="Redis unreachable; policy open let requests through",
+                             suppressed_since_last=window.suppressed)
+            window.last_emitted, window.suppressed = now, 0
+        else:
+            window.suppressed += 1
+
+
+def _key_id_of(token: str | None) -> str:
+    """The public key-id part of a presented token, for the audit trail (never the secret)."""
+    if token and token.startswith("rpk_"):
+        key_id = token[4:20]
+        if all(c in "0123456789abcdef" for c in key_id):
+            return key_id
+    return ""

@@ -1,0 +1,118 @@
+"""OTLP/HTTP: POST /v1/traces, /v1/metrics, /v1/logs, protobuf or JSON, optionally gzip.
+
+Answers follow the OTLP specification: 200 with an empty Export*ServiceResponse in the request's
+encoding, or an error status with a google.rpc.Status body naming the problem, and Retry-After
+on 429 and 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+
+from aiohttp import web
+from google.rpc import status_pb2
+
+from ingest.apikeys import parse_credentials
+from ingest.body import GzipInflater, payload_format_for
+from ingest.errors import IngestError, PayloadTooLarge, UnsupportedMediaType
+from ingest.gateway import Gateway
+from schemas.envelope import PayloadFormat, Signal
+
+__all__ = ["build_http_app"]
+
+_CHUNK_BYTES = 256 * 1024
+_PROTO = "application/x-protobuf"
+_JSON = "application/json"
+
+
+class _RequestTimeout(IngestError):
+    http_status = 408
+    reason = "request_timeout"
+
+
+class HttpFrontEnd:
+    def __init__(self, gateway: Gateway, max_request_bytes: int, max_decompressed_bytes: int,
+                 request_timeout_s: float) -> None:
+        self._gateway = gateway
+        self._max_request_bytes = max_request_bytes
+        self._max_decompressed_bytes = max_decompressed_bytes
+        self._request_timeout_s = request_timeout_s
+
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        signal = Signal(request.match_info["signal"])
+        started, received_at_ns = time.perf_counter(), time.time_ns()
+        answer_format = _answer_format(request.headers.get("Content-Type"))
+        tenant, error = "", None
+        try:
+            with self._gateway.slot():
+                token = parse_credentials(request.headers)  # case-insensitive mapping
+                key = self._gateway.authenticate(token, signal, request.remote or "")
+                tenant = key.tenant
+                payload_format = payload_format_for(request.headers.get("Content-Type"))
+                payload = await self._read_body(request)
+                await self._gateway.accept(key, signal, payload_format, payload, received_at_ns)
+            return web.Response(body=b"" if answer_format is PayloadFormat.OTLP_PROTO else b"{}",
+                                content_type=_content_type(answer_format))
+        except IngestError as exc:
+            error = exc
+            return _error_response(exc, answer_format)
+        finally:
+            self._gateway.observe("http", signal, tenant, error, started)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("gzip", "identity", ""):
+            raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}: use gzip or none")
+        if request.content_length is not None and request.content_length > self._max_request_bytes:
+            raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of "
+                                  f"{self._max_request_bytes}")
+        inflater = GzipInflater(self._max_decompressed_bytes) if encoding == "gzip" else None
+        parts: list[bytes] = []
+        received = 0
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
+                    received += len(chunk)
+                    if received > self._max_request_bytes:
+                        raise PayloadTooLarge(f"request body exceeds the limit of {self._max_request_bytes} bytes")
+                    if inflater is not None:
+                        inflater.feed(chunk)
+                    else:
+                        parts.append(chunk)
+        except TimeoutError:
+            raise _RequestTimeout(f"request body not received within {self._request_timeout_s}s") from None
+        return inflater.finish() if inflater is not None else b"".join(parts)
+
+
+def _answer_format(content_type: str | None) -> PayloadFormat:
+    try:
+        return payload_format_for(content_type)
+    except UnsupportedMediaType:
+        return PayloadFormat.OTLP_PROTO
+
+
+def _content_type(fmt: PayloadFormat) -> str:
+    return _JSON if fmt is PayloadFormat.OTLP_JSON else _PROTO
+
+
+def _error_response(error: IngestError, fmt: PayloadFormat) -> web.Response:
+    code = error.grpc_code.value[0]
+    if fmt is PayloadFormat.OTLP_JSON:
+        body = json.dumps({"code": code, "message": error.message}).encode()
+    else:
+        body = status_pb2.Status(code=code, message=error.message).SerializeToString()
+    headers = {}
+    if error.retry_after_s is not None and error.http_status in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    return web.Response(status=error.http_status, body=body, content_type=_content_type(fmt), headers=headers)
+
+
+def build_http_app(gateway: Gateway, max_request_bytes: int, max_decompressed_bytes: int,
+                   request_timeout_s: float) -> web.Application:
+    front = HttpFrontEnd(gateway, max_request_bytes, max_decompressed_bytes, request_timeout_s)
+    app = web.Application(client_max_size=max_request_bytes)
+    app.router.add_post("/v1/{signal:traces|metrics|logs}", front.export)
+    return app

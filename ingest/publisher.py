@@ -1,0 +1,110 @@
+"""Produce envelopes to Kafka from asyncio code and wait for the broker's acknowledgement.
+
+librdkafka does the network work in its own threads; one poll thread here serves delivery
+reports and hands each to the event loop, so a request coroutine can await its own batch.
+The producer's queue is bounded: when Kafka is slow or down the queue fills, and the gateway
+answers 503 instead of buffering without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from ingest.errors import PayloadTooLarge, Unavailable
+from rampart.config import KafkaConfig
+from rampart.kafka import producer_properties
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+_HEALTH_CHECK_INTERVAL_S = 5.0
+
+
+class Publisher:
+    def __init__(self, config: KafkaConfig, client_id: str, loop: asyncio.AbstractEventLoop,
+                 ack_timeout_s: float, retry_after_s: float, queue_max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._loop = loop
+        self._ack_timeout_s = ack_timeout_s
+        self._retry_after_s = retry_after_s
+        self.producer = Producer(producer_properties(
+            config, client_id,
+            **{"queue.buffering.max.kbytes": queue_max_bytes // 1024, "error_cb": self._on_error}))
+        self._stop = threading.Event()
+        self.kafka_reachable = False
+        self._last_check = 0.0
+        self._thread = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._thread.start()
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        """Return once Kafka has acknowledged the record (acks=all); raise Unavailable otherwise."""
+        future: asyncio.Future[KafkaError | None] = self._loop.create_future()
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            self._loop.call_soon_threadsafe(_resolve, future, err)
+
+        try:
+            self.producer.produce(topic, value=value, key=key, on_delivery=delivered)
+        except BufferError:
+            raise Unavailable("Kafka is not keeping up (producer queue full)", self._retry_after_s) from None
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                raise PayloadTooLarge("batch exceeds the Kafka record limit") from None
+            raise Unavailable(f"Kafka refused the batch ({_name(error)})", self._retry_after_s) from None
+        try:
+            err = await asyncio.wait_for(asyncio.shield(future), self._ack_timeout_s)
+        except TimeoutError:
+            raise Unavailable("Kafka did not acknowledge the batch in time", self._retry_after_s) from None
+        if err is not None:
+            raise Unavailable(f"Kafka did not take the batch ({_name(err)})", self._retry_after_s)
+
+    def queue_length(self) -> int:
+        return len(self.producer)
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        """Deliver what is queued (up to ``timeout_s``), stop polling; returns records left undelivered."""
+        left = self.producer.flush(timeout_s)
+        self._stop.set()
+        self._thread.join(timeout=2)
+        return left
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.1)
+            now = time.monotonic()
+            interval = _HEALTH_CHECK_INTERVAL_S if self.kafka_reachable else 1.0
+            if now - self._last_check >= interval:
+                self._last_check = now
+                self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        try:
+            metadata = self.producer.list_topics(timeout=2)
+            reachable = bool(metadata.brokers)
+        except KafkaException:
+            reachable = False
+        if reachable != self.kafka_reachable:
+            log.log(logging.INFO if reachable else logging.WARNING, "Kafka is %s",
+                    "reachable" if reachable else "unreachable")
+        self.kafka_reachable = reachable
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.kafka_reachable = False
+        log.warning("Kafka client error: %s", err.name())
+
+
+def _resolve(future: asyncio.Future[Any], err: KafkaError | None) -> None:
+    if not future.done():
+        future.set_result(err)
+
+
+def _name(error: object) -> str:
+    return error.name() if isinstance(error, KafkaError) else type(error).__name__

@@ -1,0 +1,228 @@
+"""Run real `rampart gateway` processes for tests, each with its own ports, topics and Redis prefix."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from ingest.apikeys import ApiKeyRegistry
+from rampart.config import KafkaConfig, TopicsConfig
+from rampart.kafka import admin_client
+from rampart.keyring import KeyRing, generate_key, write_key
+from rampart.topics import TopicNames, create_topics
+from schemas.envelope import Envelope, Signal, decode
+
+ROOT = Path(__file__).resolve().parents[2]
+RAMPART = str(Path(sys.executable).parent / "rampart")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    """One isolated Rampart deployment: topic prefix, Redis prefix, key ring, API keys."""
+
+    prefix: str
+    kafka_bootstrap: str
+    redis_url: str
+    tmp: Path
+    keyring_file: str = ""
+    processes: list[GatewayProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.keyring_file = str(self.tmp / "keyring.yaml")
+        write_key(self.keyring_file, "gateway-1", make_signing=True)
+        self.topics = TopicNames(self.prefix)
+        self.kafka = KafkaConfig(bootstrap_servers=self.kafka_bootstrap)
+        create_topics(admin_client(self.kafka, "test"), TopicsConfig(prefix=self.prefix, partitions=2),
+                      self.kafka.max_message_bytes)
+        self.registry = ApiKeyRegistry(redis.Redis.from_url(self.redis_url), self.prefix)
+
+    def verifier(self) -> KeyRing:
+        from rampart.config import KeyringConfig
+        from rampart.keyring import load_keyring
+
+        return load_keyring(KeyringConfig(file=self.keyring_file), {})
+
+    def api_key(self, tenant: str = "acme", signals: tuple[Signal, ...] = tuple(Signal)) -> tuple[str, str]:
+        """A new key, known to every running gateway when this returns: (key id, token)."""
+        key, token = self.registry.create(tenant, signals, "test")
+        self.wait_for_key_table()
+        return key.key_id, token
+
+    def wait_for_key_table(self, timeout_s: float = 10.0) -> None:
+        """Wait until every running gateway has loaded the registry's current version."""
+        version = self.registry.version()
+        for process in self.processes:
+            if process.proc is None or process.proc.poll() is not None:
+                continue
+            deadline = time.monotonic() + timeout_s
+            while f"rampart_gateway_apikey_table_version {float(version)}" not in process.metrics():
+                assert time.monotonic() < deadline, f"gateway did not load API-key version {version}"
+                time.sleep(0.05)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART")}
+        env.update({
+            "RAMPART_CONFIG": str(ROOT / "config" / "rampart.example.yaml"),
+            "RAMPART__KAFKA__BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "RAMPART__TOPICS__PREFIX": self.prefix,
+            "RAMPART__REDIS__URL": self.redis_url,
+            "RAMPART__REDIS__KEY_PREFIX": self.prefix,
+            "RAMPART__KEYRING__FILE": self.keyring_file,
+            "RAMPART__GATEWAY__APIKEY_REFRESH_INTERVAL_S": "0.5",
+            "RAMPART__LOGGING__FORMAT": "json",
+        })
+        env.update(overrides)
+        return env
+
+    def start_gateway(self, **overrides: str) -> GatewayProcess:
+        process = GatewayProcess(self, overrides)
+        self.processes.append(process)
+        process.start()
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+    def read_envelopes(self, signal: Signal, count: int, timeout_s: float = 30.0) -> list[Envelope]:
+        """Read exactly ``count`` envelopes from the raw topic (fails if fewer arrive in time)."""
+        return read_topic(self.kafka_bootstrap, self.topics.raw(signal), count, timeout_s)
+
+    def read_audit(self, timeout_s: float = 5.0) -> list[bytes]:
+        return read_raw(self.kafka_bootstrap, self.topics.audit(), timeout_s)
+
+
+def _consumer(bootstrap: str) -> Consumer:
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
+                     "auto.offset.reset": "earliest", "enable.auto.commit": False})
+
+
+def read_raw(bootstrap: str, topic: str, timeout_s: float) -> list[bytes]:
+    """Everything on ``topic`` up to its end offsets now."""
+    c = _consumer(bootstrap)
+    try:
+        metadata = c.list_topics(topic, timeout=10)
+        partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        values: list[bytes] = []
+        positions = dict.fromkeys(ends, 0)
+        deadline = time.monotonic() + timeout_s
+        while any(positions[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            positions[msg.partition()] = msg.offset() + 1
+            values.append(msg.value())
+        return values
+    finally:
+        c.close()
+
+
+def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float) -> list[Envelope]:
+    deadline = time.monotonic() + timeout_s
+    values: list[bytes] = []
+    while time.monotonic() < deadline:
+        values = read_raw(bootstrap, topic, max(1.0, deadline - time.monotonic()))
+        if len(values) >= count:
+            break
+        time.sleep(0.3)
+    assert len(values) == count, f"expected {count} records on {topic}, found {len(values)}"
+    return [decode(v) for v in values]
+
+
+class GatewayProcess:
+    def __init__(self, deployment: Deployment, overrides: Mapping[str, str]) -> None:
+        self.http_port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
+        self.env = deployment.env(
+            RAMPART__GATEWAY__HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
+            RAMPART__GATEWAY__GRPC_LISTEN=f"127.0.0.1:{self.grpc_port}",
+            RAMPART__GATEWAY__ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
+            **overrides)
+        self.log_path = deployment.tmp / f"gateway-{self.http_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if "RAMPART__GATEWAY__TLS__CERT_FILE" in self.env else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([RAMPART, "gateway"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            if self.ready():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"gateway not ready within {timeout_s}s:\n{self.log()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def post(url: str, body: bytes, headers: Mapping[str, str], method: str = "POST",
+         context: object = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one HTTP request; errors are answers too."""
+    request = urllib.request.Request(url, data=body if method == "POST" else None, method=method,
+                                     headers=dict(headers))
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as resp:  # type: ignore[arg-type]
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def deployments(kafka_bootstrap: str, redis_url: str, prefix: str, tmp: Path) -> Iterator[Deployment]:
+    deployment = Deployment(prefix, kafka_bootstrap, redis_url, tmp)
+    try:
+        yield deployment
+    finally:
+        deployment.stop_all()
+
+
+__all__ = ["Deployment", "GatewayProcess", "deployments", "free_port", "generate_key", "post", "read_topic"]
