@@ -33,8 +33,6 @@ __all__ = ["GatewayStartupError", "run_gateway"]
 
 log = logging.getLogger(__name__)
 
-_DRAIN_TIMEOUT_S = 15.0
-
 
 class GatewayStartupError(Exception):
     """The gateway cannot start with this config (bad key ring, unreadable TLS files, port in use)."""
@@ -79,7 +77,8 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
     refresher = asyncio.create_task(_refresh_keys(keys, metrics, gw.apikey_refresh_interval_s))
     http_runner = web.AppRunner(build_http_app(gateway, gw.max_request_bytes, gw.max_decompressed_bytes,
                                                gw.request_timeout_s),
-                                auto_decompress=False, access_log=None, handle_signals=False)
+                                auto_decompress=False, access_log=None, handle_signals=False,
+                                shutdown_timeout=gw.shutdown_timeout_s)
     admin_runner = web.AppRunner(build_admin_app(registry, gateway.ready), access_log=None, handle_signals=False)
     grpc_server = build_grpc_server(gateway, gw.grpc_listen, gw.tls, gw.max_decompressed_bytes)
     await http_runner.setup()
@@ -105,11 +104,12 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
     await stop.wait()
 
     log.info("gateway %s stopping: no new requests, draining those in flight", gateway_id)
-    await grpc_server.stop(_DRAIN_TIMEOUT_S)
+    await grpc_server.stop(gw.shutdown_timeout_s)
     await http_runner.shutdown()
     await http_runner.cleanup()
     refresher.cancel()
-    left = await asyncio.to_thread(publisher.close, _DRAIN_TIMEOUT_S)
+    # Every request has its answer now; what is still queued belongs to requests already answered 503.
+    left = await asyncio.to_thread(publisher.close, gw.shutdown_timeout_s)
     await admin_runner.cleanup()
     await async_redis.aclose()
     sync_redis.close()

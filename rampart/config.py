@@ -141,6 +141,9 @@ class GatewayConfig:
     retry_after_s: int = bounded(2, min=1, max=3600)
     # A client that has not sent its whole request by then is cut off (slow-loris defence).
     request_timeout_s: float = bounded(30.0, min=0.1, max=3600.0)
+    # On SIGTERM: how long requests in flight may take to finish, then how long queued audit events
+    # get to reach Kafka. Every request has been answered before the process exits.
+    shutdown_timeout_s: float = bounded(15.0, min=0.0, max=600.0)
     # What rate limiting does when Redis cannot be reached: "open" lets requests through (with a
     # metric and a log line), "closed" answers 503.
     redis_failure_policy: Literal["open", "closed"] = "open"

@@ -44,3 +44,12 @@ def deployment(kafka_bootstrap: str, redis_url: str, unique_prefix: str,
                tmp_path: pathlib.Path) -> Iterator[Deployment]:
     """An isolated deployment (own topics, Redis prefix, key ring) whose gateways stop after the test."""
     yield from deployments(kafka_bootstrap, redis_url, unique_prefix, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_deployment(kafka_bootstrap: str, redis_url: str, request: pytest.FixtureRequest,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Like ``deployment``, shared by the tests of one module (for gateways that many tests reuse)."""
+    name = request.module.__name__.rsplit(".", 1)[-1][:30]
+    yield from deployments(kafka_bootstrap, redis_url, f"test.{name}.{uuid.uuid4().hex[:8]}",
+                           tmp_path_factory.mktemp(name))

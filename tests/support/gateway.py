@@ -18,9 +18,9 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from ingest.apikeys import ApiKeyRegistry
-from rampart.config import KafkaConfig, TopicsConfig
+from rampart.config import KafkaConfig, KeyringConfig, TopicsConfig
 from rampart.kafka import admin_client
-from rampart.keyring import KeyRing, generate_key, write_key
+from rampart.keyring import KeyRing, generate_key, load_keyring, write_key
 from rampart.topics import TopicNames, create_topics
 from schemas.envelope import Envelope, Signal, decode
 
@@ -55,9 +55,6 @@ class Deployment:
         self.registry = ApiKeyRegistry(redis.Redis.from_url(self.redis_url), self.prefix)
 
     def verifier(self) -> KeyRing:
-        from rampart.config import KeyringConfig
-        from rampart.keyring import load_keyring
-
         return load_keyring(KeyringConfig(file=self.keyring_file), {})
 
     def api_key(self, tenant: str = "acme", signals: tuple[Signal, ...] = tuple(Signal)) -> tuple[str, str]:
@@ -87,6 +84,7 @@ class Deployment:
             "RAMPART__REDIS__KEY_PREFIX": self.prefix,
             "RAMPART__KEYRING__FILE": self.keyring_file,
             "RAMPART__GATEWAY__APIKEY_REFRESH_INTERVAL_S": "0.5",
+            "RAMPART__GATEWAY__SHUTDOWN_TIMEOUT_S": "3",
             "RAMPART__LOGGING__FORMAT": "json",
         })
         env.update(overrides)
