@@ -9,7 +9,8 @@ import pytest
 from rampart.cli import main
 
 COMMANDS = [[], ["config"], ["config", "check"], ["topics"], ["topics", "create"], ["topics", "list"], ["keys"],
-            ["keys", "generate"], ["keys", "list"], ["gateway"], ["worker"], ["sink"]]
+            ["keys", "generate"], ["keys", "list"], ["gateway"], ["apikeys"], ["apikeys", "create"],
+            ["apikeys", "list"], ["apikeys", "revoke"], ["worker"], ["sink"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "rampart")
@@ -21,7 +22,7 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert out.startswith("usage: rampart") and len(out.splitlines()) > 3
 
 
-@pytest.mark.parametrize("role", ["gateway", "worker", "sink"])
+@pytest.mark.parametrize("role", ["worker", "sink"])
 def test_unimplemented_roles_say_so_and_fail(role: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([role], env={}) == 1
     assert "not implemented" in capsys.readouterr().err
@@ -63,3 +64,22 @@ def test_keys_generate_without_a_file_explains(tmp_path: Path, capsys: pytest.Ca
     config.write_text("keyring:\n  file: null\n")
     assert main(["--config", str(config), "keys", "generate", "--id", "x"], env={}) == 2
     assert "pass --file PATH or set keyring.file" in capsys.readouterr().err
+
+
+def test_gateway_without_keys_stops_with_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"keyring:\n  file: {tmp_path / 'absent.yaml'}\n")
+    assert main(["--config", str(config), "gateway"], env={}) == 2
+    err = capsys.readouterr().err
+    assert f"key file {tmp_path / 'absent.yaml'} not found (create one with `rampart keys generate`)" in err
+
+
+def test_gateway_with_unreadable_tls_files_stops_with_a_clear_error(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    keyfile = tmp_path / "keys.yaml"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"keyring:\n  file: {keyfile}\ngateway:\n  tls:\n    cert_file: nope.pem\n"
+                      "    key_file: nope-key.pem\n")
+    assert main(["--config", str(config), "keys", "generate", "--id", "gw"], env={}) == 0
+    assert main(["--config", str(config), "gateway"], env={}) == 2
+    assert "No such file" in capsys.readouterr().err
