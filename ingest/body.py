@@ -51,6 +51,11 @@ class GzipInflater:
             if self._inflater.eof:
                 break
 
+    @property
+    def inflated_bytes(self) -> int:
+        """How much has been inflated so far (never more than the limit plus one byte)."""
+        return self._size
+
     def finish(self) -> bytes:
         try:
             self._take(self._inflater.flush())
