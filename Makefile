@@ -6,12 +6,13 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?= config/rampart.example.yaml
 
-.PHONY: help install services services-down status topics demo test lint unit integration clean
+.PHONY: help install services services-down status topics demo bench test lint unit integration clean
 
 help:
 	@echo "make demo       install, start the services, create keys and topics, run the pipeline"
 	@echo "make test       install, start the services, lint, run every test"
 	@echo "make services   start Kafka, Redis, Prometheus, Jaeger on 127.0.0.1 (make services-down stops them)"
+	@echo "make bench      run the benchmarks (results in benchmarks/results/)"
 	@echo "make lint       ruff and mypy --strict"
 
 $(STAMP): pyproject.toml
@@ -36,10 +37,13 @@ topics: services
 	$(BIN)/rampart --config $(CONFIG) topics create
 
 demo: services
-	CONFIG=$(CONFIG) scripts/demo
+	CONFIG=$(CONFIG) $(BIN)/python scripts/demo.py
+
+bench: services
+	$(BIN)/python -m benchmarks.gateway_bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check rampart ingest processors sinks schemas tests scripts/services
+	$(BIN)/ruff check rampart ingest processors sinks schemas tests benchmarks scripts
 	$(BIN)/mypy
 
 unit: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from ingest.apikeys import ApiKeyRegistry
 from rampart.config import KafkaConfig, KeyringConfig, TopicsConfig
@@ -97,8 +98,13 @@ class Deployment:
         return process
 
     def stop_all(self) -> None:
+        """Stop the gateways and delete the deployment's topics, so runs do not fill the broker's disk."""
         for process in self.processes:
             process.stop()
+        admin = admin_client(self.kafka, "test")
+        for future in admin.delete_topics(self.topics.all(TopicsConfig().dlq_sinks), request_timeout=30).values():
+            with contextlib.suppress(KafkaException):
+                future.result(timeout=30)
 
     def read_envelopes(self, signal: Signal, count: int, timeout_s: float = 30.0) -> list[Envelope]:
         """Read exactly ``count`` envelopes from the raw topic (fails if fewer arrive in time)."""

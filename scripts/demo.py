@@ -1,0 +1,160 @@
+"""`make demo`: the main job as far as Rampart is built today.
+
+Creates the signing keys and topics, issues a demo API key, starts a gateway, and drives a small
+application instrumented with the OpenTelemetry SDK through it (traces, metrics and logs over
+OTLP/HTTP and OTLP/gRPC), printing what was accepted and where it landed, until interrupted
+(or for DEMO_SECONDS seconds). It stops the gateway it started; `make services-down` stops the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from confluent_kafka import TopicPartition
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from ingest.apikeys import ApiKeyRegistry
+from ingest.server import redis_clients
+from rampart.config import RampartConfig, load_config
+from rampart.kafka import admin_client, consumer
+from rampart.keyring import write_key
+from rampart.topics import TopicNames, create_topics
+from schemas.envelope import Signal
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = os.environ.get("CONFIG", str(ROOT / "config" / "rampart.example.yaml"))
+LOG = ROOT / ".cache" / "logs" / "gateway.log"
+
+
+def say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def main() -> int:
+    config = load_config(CONFIG)
+    keyfile = config.keyring.file
+    assert keyfile is not None, "the demo config must name keyring.file"
+    if not Path(keyfile).exists():
+        write_key(keyfile, "gateway-1", make_signing=True)
+        write_key(keyfile, "worker-1", make_signing=False)
+        say(f"created the envelope signing key ring {keyfile} (mode 0600)")
+    report = create_topics(admin_client(config.kafka, "rampart-demo"), config.topics, config.kafka.max_message_bytes)
+    say(f"topics: {len(report.created)} created, {len(report.existing)} already there "
+        f"(prefix {config.topics.prefix!r}, {config.topics.partitions} partitions)")
+
+    registry = ApiKeyRegistry(redis_clients(config)[0], config.redis.key_prefix)
+    key, token = registry.create("demo", list(Signal), "make demo")
+    say(f"issued API key {key.key_id} for tenant 'demo' (all signals)")
+
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOG, "ab") as log:
+        gateway = subprocess.Popen([sys.executable, "-m", "rampart.cli", "--config", CONFIG, "gateway"],
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_ready(config.gateway.admin_listen, gateway)
+        say(f"gateway running (pid {gateway.pid}, log {LOG})")
+        run_app(config, token)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(30)
+        say("gateway stopped; stop the services with: make services-down")
+    return 0
+
+
+def wait_ready(admin_listen: str, gateway: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if gateway.poll() is not None:
+            raise SystemExit(f"[demo] the gateway exited with {gateway.returncode}; see {LOG}")
+        try:
+            with urllib.request.urlopen(f"http://{admin_listen}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"[demo] the gateway did not become ready in 30 s; see {LOG}")
+
+
+def run_app(config: RampartConfig, token: str) -> None:
+    http_listen, grpc_listen = config.gateway.http_listen, config.gateway.grpc_listen
+    resource = Resource.create({"service.name": "demo-shop", "service.version": "1.0.0"})
+    headers = {"authorization": f"Bearer {token}"}
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(
+        OTLPSpanExporter(endpoint=f"http://{http_listen}/v1/traces", headers=headers), schedule_delay_millis=1000))
+    tracer_provider.add_span_processor(BatchSpanProcessor(
+        GrpcSpanExporter(endpoint=grpc_listen, insecure=True, headers=headers), schedule_delay_millis=1000))
+    meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=f"http://{http_listen}/v1/metrics", headers=headers),
+        export_interval_millis=2000)])
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(
+        OTLPLogExporter(endpoint=f"http://{http_listen}/v1/logs", headers=headers), schedule_delay_millis=1000))
+
+    tracer, meter = tracer_provider.get_tracer("demo"), meter_provider.get_meter("demo")
+    logger = logger_provider.get_logger("demo")
+    orders, latency = meter.create_counter("orders", unit="1"), meter.create_histogram("checkout.duration", unit="s")
+
+    print()
+    print("  OTLP/HTTP  http://" + http_listen + "     OTLP/gRPC  " + grpc_listen)
+    print(f"  API key    {token}")
+    print("  try:       OTEL_EXPORTER_OTLP_ENDPOINT=http://" + http_listen +
+          f" OTEL_EXPORTER_OTLP_HEADERS='authorization=Bearer%20{token}' <your app>")
+    print(f"  metrics    http://{config.gateway.admin_listen}/metrics   Jaeger UI http://127.0.0.1:16686 "
+          "(sinks not built yet)\n")
+
+    seconds = float(os.environ.get("DEMO_SECONDS", "0")) or None
+    started, rng = time.monotonic(), random.Random(7)
+    topics = TopicNames(config.topics.prefix)
+    try:
+        while seconds is None or time.monotonic() - started < seconds:
+            for _ in range(20):
+                with tracer.start_as_current_span("POST /checkout") as span:
+                    span.set_attribute("user.email", "jane@example.com")  # scrubbing will remove it
+                    with tracer.start_as_current_span("SELECT orders"):
+                        pass
+                    duration = rng.lognormvariate(-3, 0.5)
+                    latency.record(duration, {"route": "/checkout"})
+                    orders.add(1, {"region": rng.choice(["eu", "us"])})
+                    logger.emit(body=f"order placed in {duration * 1000:.0f} ms", severity_number=SeverityNumber.INFO)
+            time.sleep(2)
+            print(f"[demo] {time.monotonic() - started:5.0f}s  envelopes in Kafka: "
+                  + ", ".join(f"{s.value} {records(config, topics.raw(s))}" for s in Signal), flush=True)
+    except KeyboardInterrupt:
+        print()
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+        logger_provider.shutdown()
+
+
+def records(config: RampartConfig, topic: str) -> int:
+    c = consumer(config.kafka, "rampart-demo", "rampart-demo-counter")
+    try:
+        metadata = c.list_topics(topic, timeout=5).topics[topic]
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in metadata.partitions)
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
