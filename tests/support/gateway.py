@@ -110,6 +110,10 @@ class Deployment:
         """Read exactly ``count`` envelopes from the raw topic (fails if fewer arrive in time)."""
         return read_topic(self.kafka_bootstrap, self.topics.raw(signal), count, timeout_s)
 
+    def read_envelopes_any(self, signal: Signal = Signal.TRACES) -> list[Envelope]:
+        """Whatever is on the raw topic now."""
+        return [decode(v) for v in read_raw(self.kafka_bootstrap, self.topics.raw(signal), 10)]
+
     def read_audit(self, timeout_s: float = 5.0) -> list[bytes]:
         return read_raw(self.kafka_bootstrap, self.topics.audit(), timeout_s)
 
