@@ -44,7 +44,7 @@ class _ThrottleWindow:
 class Gateway:
     def __init__(self, *, gateway_id: str, keyring: KeyRing, keys: ApiKeyCache, limiter: RateLimiter,
                  publisher: Publisher, topics: TopicNames, audit: AuditLog, metrics: GatewayMetrics,
-                 max_in_flight: int, max_message_bytes: int, retry_after_s: float, redis_policy: str) -> None:
+                 max_in_flight: int, max_message_bytes: int, retry_after_s: float) -> None:
         self.gateway_id = gateway_id
         self._keyring = keyring
         self._keys = keys
@@ -57,7 +57,6 @@ class Gateway:
         self._in_flight = 0
         self._max_payload_bytes = max_message_bytes - _ENVELOPE_HEADROOM_BYTES
         self._retry_after_s = retry_after_s
-        self._redis_policy = redis_policy
         self._throttled: dict[str, _ThrottleWindow] = {}
 
     @contextlib.contextmanager
@@ -106,7 +105,7 @@ class Gateway:
         check_framing(payload_format, payload, signal.value)
         if not payload:
             return 0  # an empty export request is valid OTLP and carries nothing to keep
-        outcome = await self._rate_limit(key, signal, len(payload))
+        rate_checked = await self._rate_limit(key, signal, len(payload))
         if not self._publisher.kafka_reachable:
             raise Unavailable("Kafka is unreachable", self._retry_after_s)
         parts = split_payload(signal, payload_format, payload, self._max_payload_bytes)
@@ -116,7 +115,7 @@ class Gateway:
             attributes = {"rampart.request_id": request_id}
             if len(parts) > 1:
                 attributes["rampart.split"] = f"{index + 1}/{len(parts)}"
-            if not outcome:
+            if not rate_checked:
                 attributes["rampart.ratelimit"] = "unchecked"
             envelope = Envelope(batch_id=str(uuid.uuid4()), tenant=key.tenant, principal=key.key_id,
                                 signal=signal, payload_format=payload_format, received_at_ns=received_at_ns,
@@ -141,38 +140,29 @@ class Gateway:
     async def _rate_limit(self, key: ApiKey, signal: Signal, size: int) -> bool:
         """True when the limiter decided; False when Redis was unreachable and the policy let it pass."""
         try:
-            outcome = await self._limiter.check(key.tenant, size)
+            checked = await self._limiter.check(key.tenant, size)
         except Throttled:
-            self._audit_throttle(key, signal)
+            self._audit_sparingly("rate_limited", key, signal=signal.value)
             raise
         except Unavailable:
             self.metrics.ratelimit_redis_errors.labels("closed").inc()
             raise
-        if not outcome.redis_ok:
+        if not checked:
             self.metrics.ratelimit_redis_errors.labels("open").inc()
-            self._audit_throttle_unchecked(key)
-        return outcome.redis_ok
+            self._audit_sparingly("rate_limit_unchecked", key,
+                                  reason="Redis unreachable; policy open let requests through")
+        return checked
 
-    def _audit_throttle(self, key: ApiKey, signal: Signal) -> None:
-        window = self._throttled.setdefault(key.tenant, _ThrottleWindow())
+    def _audit_sparingly(self, event: str, key: ApiKey, **fields: str) -> None:
+        """Emit ``event`` for this tenant at most every 10 s, counting the ones held back meanwhile."""
+        window = self._throttled.setdefault(f"{event}:{key.tenant}", _ThrottleWindow())
         now = time.monotonic()
         if now - window.last_emitted < _THROTTLE_AUDIT_INTERVAL_S:
             window.suppressed += 1
             return
-        self._audit.emit("rate_limited", tenant=key.tenant, principal=key.key_id, signal=signal.value,
-                         suppressed_since_last=window.suppressed)
+        self._audit.emit(event, tenant=key.tenant, principal=key.key_id, suppressed_since_last=window.suppressed,
+                         **fields)
         window.last_emitted, window.suppressed = now, 0
-
-    def _audit_throttle_unchecked(self, key: ApiKey) -> None:
-        window = self._throttled.setdefault(f"unchecked:{key.tenant}", _ThrottleWindow())
-        now = time.monotonic()
-        if now - window.last_emitted >= _THROTTLE_AUDIT_INTERVAL_S:
-            self._audit.emit("rate_limit_unchecked", tenant=key.tenant, principal=key.key_id,
-                             reason="Redis unreachable; policy open let requests through",
-                             suppressed_since_last=window.suppressed)
-            window.last_emitted, window.suppressed = now, 0
-        else:
-            window.suppressed += 1
 
 
 def _key_id_of(token: str | None) -> str:

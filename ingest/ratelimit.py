@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -18,7 +17,7 @@ from redis.exceptions import RedisError
 from ingest.errors import Throttled, Unavailable
 from rampart.config import RateLimitConfig
 
-__all__ = ["RateLimitOutcome", "RateLimiter"]
+__all__ = ["RateLimiter"]
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +50,6 @@ return {allowed, tostring(wait)}
 """
 
 
-@dataclass(frozen=True)
-class RateLimitOutcome:
-    allowed: bool
-    retry_after_s: float
-    redis_ok: bool
-
-
 class RateLimiter:
     def __init__(self, client: aioredis.Redis, prefix: str, default: RateLimitConfig,
                  per_tenant: dict[str, RateLimitConfig], failure_policy: Literal["open", "closed"]) -> None:
@@ -68,8 +60,11 @@ class RateLimiter:
         self._failure_policy = failure_policy
         self._last_warning = 0.0
 
-    async def check(self, tenant: str, size_bytes: int) -> RateLimitOutcome:
-        """Take one request and ``size_bytes`` from the tenant's buckets; raise Throttled if empty."""
+    async def check(self, tenant: str, size_bytes: int) -> bool:
+        """Take one request and ``size_bytes`` from the tenant's buckets; raise Throttled if they are empty.
+
+        Returns False when Redis could not be asked and the ``open`` policy let the request through.
+        """
         limits = self._per_tenant.get(tenant, self._default)
         try:
             allowed, wait = await self._script(
@@ -77,13 +72,13 @@ class RateLimiter:
                 args=[limits.requests_per_s, limits.burst_requests, limits.bytes_per_s, limits.burst_bytes,
                       size_bytes])
         except (RedisError, OSError) as exc:
-            return self._redis_failed(tenant, exc)
+            return self._redis_failed(exc)
         if int(allowed) != 1:
             retry = max(1.0, float(wait))
             raise Throttled(f"tenant {tenant} is over its rate limit; retry in {retry:.0f}s", retry_after_s=retry)
-        return RateLimitOutcome(True, 0.0, True)
+        return True
 
-    def _redis_failed(self, tenant: str, exc: Exception) -> RateLimitOutcome:
+    def _redis_failed(self, exc: Exception) -> bool:
         now = time.monotonic()
         if now - self._last_warning > 10:
             self._last_warning = now
@@ -92,4 +87,4 @@ class RateLimiter:
                         "let through unlimited" if self._failure_policy == "open" else "refused with 503")
         if self._failure_policy == "closed":
             raise Unavailable("rate limiter unavailable", retry_after_s=5)
-        return RateLimitOutcome(True, 0.0, False)
+        return False

@@ -72,7 +72,7 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
                             gw.redis_failure_policy),
         publisher=publisher, topics=topics, audit=AuditLog(publisher.producer, topics.audit(), "gateway", gateway_id),
         metrics=metrics, max_in_flight=gw.max_in_flight, max_message_bytes=config.kafka.max_message_bytes,
-        retry_after_s=gw.retry_after_s, redis_policy=gw.redis_failure_policy)
+        retry_after_s=gw.retry_after_s)
 
     refresher = asyncio.create_task(_refresh_keys(keys, metrics, gw.apikey_refresh_interval_s))
     http_runner = web.AppRunner(build_http_app(gateway, gw.max_request_bytes, gw.max_decompressed_bytes,
