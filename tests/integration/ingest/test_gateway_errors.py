@@ -203,3 +203,13 @@ def test_grpc_unavailable_with_retry_info(module_deployment: Deployment) -> None
     _, token = module_deployment.api_key()
     error = grpc_export(orphan, TRACES, (("x-api-key", token),))
     assert error.code() is grpc.StatusCode.UNAVAILABLE and retry_delay_s(error) == 2
+
+
+def test_grpc_message_inflating_past_the_limit_is_refused(gateway: GatewayProcess, token: str) -> None:
+    # 8 MiB that gzip squeezes to a few KiB: gRPC must refuse it by its inflated size (limit 1 MiB here).
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        with pytest.raises(grpc.RpcError) as info:
+            export(b"\x0a" * (8 * 1024 * 1024), metadata=(("x-api-key", token),), timeout=10,
+                   compression=grpc.Compression.Gzip)
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
