@@ -37,6 +37,7 @@ __all__ = [
     "RateLimitConfig",
     "RedisConfig",
     "TlsConfig",
+    "ValidateConfig",
     "TopicsConfig",
     "load_config",
 ]
@@ -156,6 +157,25 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    """Limits of the validate stage. Defaults follow the OpenTelemetry SDK's span limits where it has them."""
+
+    # Timestamps must lie within [received_at - max_age_s, received_at + max_future_s].
+    max_age_s: float = bounded(24 * 3600.0, min=1.0)
+    max_future_s: float = bounded(300.0, min=0.0)
+    max_attributes: int = bounded(128, min=1, max=100_000)
+    max_events: int = bounded(128, min=0, max=100_000)
+    max_links: int = bounded(128, min=0, max=100_000)
+    max_string_bytes: int = bounded(32 * 1024, min=16, max=64 * 1024 * 1024)
+    max_name_bytes: int = bounded(1024, min=16, max=1024 * 1024)
+    max_value_depth: int = bounded(8, min=1, max=64)
+    # Resource attributes through which a payload might claim a tenant; never trusted.
+    tenant_keys: tuple[str, ...] = ("tenant.id", "tenant", "rampart.tenant")
+    # "overwrite": set them to the authenticated tenant; "drop": remove them.
+    tenant_key_action: Literal["overwrite", "drop"] = "overwrite"
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -168,6 +188,7 @@ class RampartConfig:
     keyring: KeyringConfig = field(default_factory=KeyringConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Where this config was read from; relative paths inside it are resolved against its folder.
     source: str = internal_field("<defaults>")

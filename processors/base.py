@@ -1,0 +1,87 @@
+"""The processor contract: a small, pure transformation of one decoded OTLP batch.
+
+A processor receives a :class:`Batch` (the decoded request plus the envelope's metadata), may
+change items in place, and returns a :class:`Result` that says what it changed and what it dropped,
+each drop with a stable reason code. It never talks to Kafka and never raises for bad data: bad
+data is a drop with a reason. The stage runtime does everything else (verify, decode, encode, sign,
+produce, commit).
+
+Writing one::
+
+    class MyProcessor(Processor):
+        name = "my-processor"
+
+        def process(self, batch: Batch) -> Result:
+            result = Result()
+            for ref in walk(batch.request, batch.signal):
+                if looks_wrong(ref.item):
+                    result.drop(ref, "my_reason", "what exactly is wrong")
+            return result
+
+and register it under the ``rampart.processors`` entry-point group (see processors/registry.py).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from google.protobuf.message import Message
+
+from processors.otlp import ItemRef
+from schemas.envelope import Signal
+
+__all__ = ["Batch", "Drop", "Processor", "Result"]
+
+
+@dataclass
+class Batch:
+    """One decoded OTLP request and what the envelope says about it (all of it verified)."""
+
+    signal: Signal
+    request: Message
+    batch_id: str
+    tenant: str
+    principal: str
+    received_at_ns: int
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Drop:
+    ref: ItemRef
+    reason: str    # stable code for metrics and reject records, e.g. "invalid_trace_id"
+    detail: str    # for people: what exactly was wrong
+
+
+@dataclass
+class Result:
+    """What one processor did to one batch: items it changed and items it dropped (with reasons).
+
+    Every item it does not mention was kept as it was.
+    """
+
+    changed: int = 0
+    drops: list[Drop] = field(default_factory=list)
+    # Counters the processor wants exported, e.g. {"email": 3} matches per scrub rule.
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, ref: ItemRef, reason: str, detail: str) -> None:
+        self.drops.append(Drop(ref, reason, detail))
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+class Processor(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def process(self, batch: Batch) -> Result:
+        """Inspect and possibly change ``batch.request`` in place; report changes and drops.
+
+        Leave dropped items where they are: the runtime copies them into reject records and removes
+        them before the next processor runs, so no processor sees what an earlier one dropped.
+        """
