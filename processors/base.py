@@ -31,7 +31,7 @@ from typing import ClassVar
 from google.protobuf.message import Message
 
 from processors.otlp import ItemRef
-from schemas.envelope import Signal
+from schemas.envelope import PayloadFormat, Signal
 
 __all__ = ["Batch", "Drop", "Processor", "Result"]
 
@@ -47,6 +47,9 @@ class Batch:
     principal: str
     received_at_ns: int
     attributes: Mapping[str, str] = field(default_factory=dict)
+    # The payload as the stage received it, for cheap screens before any item is looked at.
+    raw_payload: bytes | None = None
+    payload_format: PayloadFormat = PayloadFormat.OTLP_PROTO
 
 
 @dataclass(frozen=True)

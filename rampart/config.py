@@ -36,9 +36,10 @@ __all__ = [
     "RampartConfig",
     "RateLimitConfig",
     "RedisConfig",
+    "ScrubConfig",
     "TlsConfig",
-    "ValidateConfig",
     "TopicsConfig",
+    "ValidateConfig",
     "load_config",
 ]
 
@@ -175,6 +176,52 @@ class ValidateConfig:
     tenant_key_action: Literal["overwrite", "drop"] = "overwrite"
 
 
+ScrubAction = Literal["drop", "mask", "hash", "truncate"]
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    enabled: bool = True
+    action: ScrubAction = "mask"
+
+
+@dataclass(frozen=True)
+class CustomRuleConfig:
+    pattern: str = matching("x", r".+", "a regular expression")
+    action: ScrubAction = "mask"
+
+
+def default_detectors() -> dict[str, DetectorConfig]:
+    return {
+        "email": DetectorConfig(), "payment_card": DetectorConfig(), "jwt": DetectorConfig(),
+        "credentials": DetectorConfig(), "aws_access_key": DetectorConfig(),
+        "private_key": DetectorConfig(action="drop"), "url_password": DetectorConfig(),
+        "secret_param": DetectorConfig(), "sql_literal": DetectorConfig(),
+        "ip_address": DetectorConfig(enabled=False, action="hash"),
+    }
+
+
+@dataclass(frozen=True)
+class ScrubConfig:
+    """Rules of the scrub stage. See docs/stages.md for what each detector matches."""
+
+    # Built-in detectors by name; listing one here overrides only that one's defaults.
+    detectors: dict[str, DetectorConfig] = field(default_factory=default_detectors)
+    # Extra rules by name: a regular expression and an action.
+    rules: dict[str, CustomRuleConfig] = field(default_factory=dict)
+    # Attributes whose key ends with one of these (case-insensitive) lose their value whatever it is.
+    sensitive_keys: tuple[str, ...] = ("authorization", "proxy-authorization", "cookie", "set-cookie",
+                                       "x-api-key", "password", "passwd", "secret", "api_key", "access_token")
+    sensitive_key_action: ScrubAction = "drop"
+    # When not empty, only attributes with these keys are kept (allow-list mode); all others are dropped.
+    allow_keys: tuple[str, ...] = ()
+    # The HMAC key for the "hash" action comes from this environment variable (base64, >= 32 bytes):
+    # hashed values stay joinable across batches without being readable.
+    hash_key_env: str = "RAMPART_SCRUB_HASH_KEY"
+    # "truncate" keeps this many leading characters of a match.
+    truncate_keep_chars: int = bounded(4, min=0, max=64)
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -189,6 +236,7 @@ class RampartConfig:
     redis: RedisConfig = field(default_factory=RedisConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Where this config was read from; relative paths inside it are resolved against its folder.
     source: str = internal_field("<defaults>")

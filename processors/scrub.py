@@ -1,0 +1,323 @@
+"""`scrub`: find secrets and personal data in telemetry and remove, mask, hash or truncate them.
+
+Where it looks: resource, span, event, link, log-record and metric-point attributes (nested maps and
+arrays included), span and event names, and log bodies. What it looks for: the built-in detectors
+below, custom regular expressions, and attributes whose key names a credential. Output is
+idempotent: redaction markers are never matched again, so scrubbing scrubbed data changes nothing.
+
+The common case is clean data, and it costs close to nothing: before decoding anything the raw
+protobuf payload is screened with cheap substring tests, and a batch in which no rule could match
+is passed through untouched. (JSON payloads are always scanned fully: JSON escapes could hide a
+trigger from a byte screen.)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from processors.base import Batch, Processor, Result
+from processors.otlp import resources, walk
+from rampart.config import DetectorConfig, ScrubAction, ScrubConfig, default_detectors
+from schemas.envelope import PayloadFormat, Signal
+
+__all__ = ["DETECTORS", "ScrubProcessor", "ScrubSetupError", "luhn_valid"]
+
+REDACTED_COUNT_KEY = "rampart.redacted.count"
+MASK = "[REDACTED]"
+_MARKER = r"\[(?:REDACTED|TRUNCATED|HMAC:[0-9a-f]{16})\]"
+
+
+@dataclass(frozen=True)
+class Detector:
+    pattern: str                       # regular expression over one string value
+    # Cheap test of the raw payload (and its lower-cased copy): could this detector match at all?
+    # It must never say no where the full scan would find something.
+    screen: Callable[[bytes, bytes], bool]
+    check: Callable[[str], bool] | None = None   # further test of a match (e.g. Luhn)
+    keys: tuple[str, ...] = ()         # only in attributes with these keys (empty: everywhere)
+
+
+def luhn_valid(text: str) -> bool:
+    digits = [int(c) for c in text if c.isdigit()]
+    if not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for i, digit in enumerate(reversed(digits)):
+        doubled = digit * 2 if i % 2 else digit
+        total += doubled - 9 if doubled > 9 else doubled
+    return total % 10 == 0
+
+
+def _contains(*needles: bytes) -> Callable[[bytes, bytes], bool]:
+    return lambda payload, _lowered: any(n in payload for n in needles)
+
+
+def _contains_ci(*needles: bytes) -> Callable[[bytes, bytes], bool]:
+    lowered_needles = tuple(n.lower() for n in needles)
+    return lambda _payload, lowered: any(n in lowered for n in lowered_needles)
+
+
+_DIGIT_RUN = re.compile(rb"\d{4}[ -]?\d{4}[ -]?\d{4}")
+_IP_SCREEN = re.compile(rb"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+_SECRET_PARAMS = ("access_token", "api_key", "apikey", "auth", "client_secret", "key", "passwd", "password",
+                  "pwd", "secret", "sig", "signature", "token")
+
+DETECTORS: dict[str, Detector] = {
+    "email": Detector(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", _contains(b"@")),
+    "payment_card": Detector(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])",
+                             lambda p, _l: _DIGIT_RUN.search(p) is not None, check=luhn_valid),
+    "jwt": Detector(r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*", _contains(b"eyJ")),
+    "credentials": Detector(r"\b(?i:bearer|basic|digest|negotiate)\s+[A-Za-z0-9._~+/=-]{8,}",
+                            _contains_ci(b"bearer", b"basic", b"digest", b"negotiate")),
+    "aws_access_key": Detector(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA)[A-Z0-9]{16}\b",
+                               _contains(b"AKIA", b"ASIA", b"AGPA", b"AIDA", b"AROA", b"ANPA", b"ANVA")),
+    "private_key": Detector(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+                            _contains(b"PRIVATE KEY")),
+    "url_password": Detector(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)", _contains(b"://")),
+    "secret_param": Detector(
+        r"(?<=[?&;])(?i:" + "|".join(_SECRET_PARAMS) + r")=[^&#\s;]+",
+        _contains_ci(*(p.encode() + b"=" for p in _SECRET_PARAMS))),
+    "sql_literal": Detector(r"'(?:[^']|'')*'|(?<![\w$.])\d+(?:\.\d+)?(?![\w.])",
+                            _contains(b"db.statement", b"db.query.text"),
+                            keys=("db.statement", "db.query.text")),
+    "ip_address": Detector(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])",
+                           lambda p, _l: _IP_SCREEN.search(p) is not None),
+}
+
+
+class ScrubSetupError(ValueError):
+    """The scrub configuration cannot be used (unknown detector, bad pattern, missing hash key)."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    name: str
+    action: ScrubAction
+    detector: Detector
+
+
+class ScrubProcessor(Processor):
+    name = "scrub"
+
+    def __init__(self, config: ScrubConfig, env: Mapping[str, str]) -> None:
+        self._config = config
+        self._rules = _rules(config)
+        self._hash_key = _hash_key(config, env) if self._uses_hash() else b""
+        self._sensitive = tuple(k.lower() for k in config.sensitive_keys)
+        self._allow = frozenset(config.allow_keys)
+        self._pattern = re.compile("|".join([f"(?P<_marker>{_MARKER})"] +
+                                            [f"(?P<r{i}>{r.detector.pattern})" for i, r in enumerate(self._rules)]))
+        # Which rules apply to an attribute: the general ones, plus those bound to its key.
+        self._general = frozenset(i for i, r in enumerate(self._rules) if not r.detector.keys)
+        self._keyed: dict[str, frozenset[int]] = {}
+        for i, rule in enumerate(self._rules):
+            for key in rule.detector.keys:
+                self._keyed[key] = self._keyed.get(key, self._general) | {i}
+
+    def _uses_hash(self) -> bool:
+        return any(r.action == "hash" for r in self._rules) or self._config.sensitive_key_action == "hash"
+
+    # ------------------------------------------------------------ the screen
+
+    def might_match(self, payload: bytes, payload_format: PayloadFormat) -> bool:
+        """False only if no rule can match anything in this payload (then the batch is left alone)."""
+        if payload_format is not PayloadFormat.OTLP_PROTO or self._allow:
+            return True
+        lowered = payload.lower()
+        if any(key.encode() in lowered for key in self._sensitive):
+            return True
+        return any(rule.detector.screen(payload, lowered) for rule in self._rules)
+
+    # ------------------------------------------------------------ the scan
+
+    def process(self, batch: Batch) -> Result:
+        result = Result()
+        if batch.raw_payload is not None and not self.might_match(batch.raw_payload, batch.payload_format):
+            result.count("screened_clean_batches")
+            return result
+        for resource in resources(batch.request, batch.signal):
+            tally = _Tally(result)
+            self._attributes(resource.resource.attributes, tally)
+            tally.mark(resource.resource.attributes)
+        for ref in walk(batch.request, batch.signal):
+            tally = _Tally(result)
+            item = ref.item
+            self._attributes(item.attributes, tally)
+            if batch.signal is Signal.TRACES:
+                item.name = self._text(item.name, tally)
+                for event in item.events:
+                    event.name = self._text(event.name, tally)
+                    self._attributes(event.attributes, tally)
+                for link in item.links:
+                    self._attributes(link.attributes, tally)
+            elif batch.signal is Signal.LOGS:
+                self._value(item.body, tally, key="")
+            for exemplar in getattr(item, "exemplars", ()):
+                self._attributes(exemplar.filtered_attributes, tally)
+            tally.mark(item.attributes)
+        return result
+
+    def _attributes(self, attributes: Any, tally: _Tally) -> None:
+        for i in range(len(attributes) - 1, -1, -1):
+            kv = attributes[i]
+            key = kv.key
+            if key == REDACTED_COUNT_KEY:
+                continue
+            if self._allow and key not in self._allow:
+                tally.hit("not_allowed_key")
+                del attributes[i]
+                continue
+            lowered = key.lower()
+            if any(lowered.endswith(s) for s in self._sensitive):
+                if not _is_redacted(kv.value):
+                    tally.hit("sensitive_key")
+                    if self._config.sensitive_key_action == "drop":
+                        del attributes[i]
+                    else:
+                        self._replace_whole(kv.value, self._config.sensitive_key_action)
+                continue
+            if self._value(kv.value, tally, key):
+                del attributes[i]
+
+    def _value(self, value: Any, tally: _Tally, key: str) -> bool:
+        """Scrub an AnyValue in place, without recursion. True if the whole attribute must be dropped."""
+        stack = [value]
+        while stack:
+            current = stack.pop()
+            kind = current.WhichOneof("value")
+            if kind == "string_value":
+                text, drop = self._scan(current.string_value, tally, key)
+                if drop:
+                    if current is value:
+                        return True
+                    text = MASK
+                if text is not None:
+                    current.string_value = text
+            elif kind == "array_value":
+                stack.extend(current.array_value.values)
+            elif kind == "kvlist_value":
+                self._attributes(current.kvlist_value.values, tally)
+        return False
+
+    def _text(self, text: str, tally: _Tally) -> str:
+        """A name (span, event) cannot be removed, so a "drop" there masks the whole name."""
+        new, drop = self._scan(text, tally, "")
+        return MASK if drop else (new if new is not None else text)
+
+    def _scan(self, text: str, tally: _Tally, key: str) -> tuple[str | None, bool]:
+        """(new text or None if unchanged, whether a drop rule matched)."""
+        if not text:
+            return None, False
+        allowed = self._keyed.get(key, self._general)
+        pieces: list[str] = []
+        last, changed, drop = 0, False, False
+        for match in self._pattern.finditer(text):
+            group = match.lastgroup
+            if group is None or group == "_marker":
+                continue
+            index = int(group[1:])
+            if index not in allowed:
+                continue
+            rule = self._rules[index]
+            found = match.group()
+            if rule.detector.check is not None and not rule.detector.check(found):
+                continue
+            tally.hit(rule.name)
+            if rule.action == "drop":
+                drop = True
+                continue
+            pieces.append(text[last:match.start()])
+            pieces.append(self._redact(found, rule.action))
+            last, changed = match.end(), True
+        if not changed:
+            return None, drop
+        pieces.append(text[last:])
+        return "".join(pieces), drop
+
+    def _redact(self, found: str, action: ScrubAction) -> str:
+        if action == "hash":
+            digest = hmac.new(self._hash_key, found.encode(), hashlib.sha256).hexdigest()[:16]
+            return f"[HMAC:{digest}]"
+        if action == "truncate":
+            return found[: self._config.truncate_keep_chars] + "[TRUNCATED]"
+        return MASK
+
+    def _replace_whole(self, value: Any, action: ScrubAction) -> None:
+        is_text = value.WhichOneof("value") == "string_value"
+        original = value.string_value if is_text else value.SerializeToString().hex()
+        value.Clear()
+        value.string_value = self._redact(original, action)
+
+
+class _Tally:
+    """Matches within one item: feeds the per-rule counters and marks the item as changed."""
+
+    __slots__ = ("matches", "result")
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        self.matches = 0
+
+    def hit(self, rule: str) -> None:
+        self.matches += 1
+        self.result.count(rule)
+
+    def mark(self, attributes: Any) -> None:
+        if self.matches:
+            self.result.changed += 1
+            _add_count(attributes, self.matches)
+
+
+_REDACTED_VALUE = re.compile(rf"(?s).{{0,64}}{_MARKER}")
+
+
+def _is_redacted(value: Any) -> bool:
+    return value.WhichOneof("value") == "string_value" and _REDACTED_VALUE.fullmatch(value.string_value) is not None
+
+
+def _add_count(attributes: Any, matches: int) -> None:
+    for kv in attributes:
+        if kv.key == REDACTED_COUNT_KEY:
+            kv.value.int_value += matches
+            return
+    attributes.add(key=REDACTED_COUNT_KEY).value.int_value = matches
+
+
+def _rules(config: ScrubConfig) -> list[_Rule]:
+    defaults = default_detectors()
+    unknown = sorted(set(config.detectors) - set(DETECTORS))
+    if unknown:
+        raise ScrubSetupError(f"scrub.detectors.{unknown[0]}: unknown detector (known: {', '.join(sorted(DETECTORS))})")
+    chosen: dict[str, DetectorConfig] = {**defaults, **config.detectors}
+    rules = [_Rule(name, c.action, DETECTORS[name]) for name, c in chosen.items() if c.enabled]
+    for name, custom in config.rules.items():
+        pattern = custom.pattern
+        flags = re.match(r"^\(\?([aiLmsux]+)\)", pattern)
+        if flags:  # a leading global flag group becomes a scoped one, so rules can share one expression
+            pattern = f"(?{flags.group(1)}:{pattern[flags.end():]})"
+        try:
+            re.compile(f"(?P<probe>{pattern})")
+        except re.error as exc:
+            raise ScrubSetupError(f"scrub.rules.{name}.pattern: not a valid regular expression ({exc})") from None
+        rules.append(_Rule(name, custom.action, Detector(pattern, screen=lambda _p, _l: True)))
+    return rules
+
+
+def _hash_key(config: ScrubConfig, env: Mapping[str, str]) -> bytes:
+    raw = env.get(config.hash_key_env, "")
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) < 32:
+        raise ScrubSetupError(f"a scrub rule uses the hash action: set {config.hash_key_env} to a base64 key of at "
+                              "least 32 bytes (e.g. `openssl rand -base64 32`)")
+    return key
+
