@@ -33,7 +33,14 @@ from google.protobuf.message import Message
 from processors.otlp import ItemRef
 from schemas.envelope import PayloadFormat, Signal
 
-__all__ = ["Batch", "Drop", "Processor", "Result"]
+__all__ = ["Batch", "Drop", "Processor", "ProcessorUnavailable", "Result"]
+
+
+class ProcessorUnavailable(Exception):
+    """A processor cannot do its work right now (its state store is down) and must not pass the
+    batch unchecked: the runtime pauses and retries the same batch later. ``retriable`` by nature."""
+
+    retriable = True
 
 
 @dataclass
@@ -70,6 +77,8 @@ class Result:
     drops: list[Drop] = field(default_factory=list)
     # Counters the processor wants exported, e.g. {"email": 3} matches per scrub rule.
     counts: dict[str, int] = field(default_factory=dict)
+    # Security-relevant events for the audit topic: (event name, fields without secrets).
+    audit: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def drop(self, ref: ItemRef, reason: str, detail: str) -> None:
         self.drops.append(Drop(ref, reason, detail))
