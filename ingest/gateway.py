@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ingest.apikeys import ApiKey, ApiKeyCache, RevokedKey
-from ingest.errors import IngestError, PermissionDenied, Throttled, Unauthenticated, Unavailable
+from ingest.errors import IngestError, PayloadTooLarge, PermissionDenied, Throttled, Unauthenticated, Unavailable
 from ingest.framing import check_framing
 from ingest.metrics import GatewayMetrics
-from ingest.publisher import Publisher
 from ingest.ratelimit import RateLimiter
 from ingest.splitting import split_payload
 from rampart.audit import AuditLog
 from rampart.keyring import KeyRing
+from rampart.publisher import Publisher, PublishError, RecordTooLarge
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, PayloadFormat, Signal, encode
 
@@ -123,7 +123,12 @@ class Gateway:
                                 attributes=attributes)
             envelopes.append(self._keyring.sign(envelope))
         topic = self._topics.raw(signal)
-        await asyncio.gather(*(self._publisher.publish(topic, e.batch_id.encode(), encode(e)) for e in envelopes))
+        try:
+            await asyncio.gather(*(self._publisher.publish(topic, e.batch_id.encode(), encode(e)) for e in envelopes))
+        except RecordTooLarge as exc:
+            raise PayloadTooLarge(f"batch exceeds the Kafka record limit ({exc})") from None
+        except PublishError as exc:
+            raise Unavailable(f"{exc}", self._retry_after_s) from None
         self.metrics.envelopes.labels(signal.value).inc(len(envelopes))
         self.metrics.received_bytes.labels(signal.value, key.tenant).inc(len(payload))
         self.metrics.request_size.labels(signal.value).observe(len(payload))

@@ -20,13 +20,13 @@ from ingest.gateway import Gateway
 from ingest.grpc_server import build_grpc_server
 from ingest.http_server import build_http_app
 from ingest.metrics import GatewayMetrics
-from ingest.publisher import Publisher
 from ingest.ratelimit import RateLimiter
 from ingest.tls import server_ssl_context
 from rampart.admin import build_admin_app, split_listen
 from rampart.audit import AuditLog
 from rampart.config import RampartConfig
 from rampart.keyring import KeyringError, load_keyring
+from rampart.publisher import Publisher
 from rampart.topics import TopicNames
 
 __all__ = ["GatewayStartupError", "run_gateway"]
@@ -65,7 +65,7 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
     keys = ApiKeyCache(ApiKeyRegistry(sync_redis, config.redis.key_prefix))
     topics = TopicNames(config.topics.prefix)
     publisher = Publisher(config.kafka, f"rampart-gateway-{gateway_id}", loop,
-                          ack_timeout_s=gw.kafka_ack_timeout_ms / 1000, retry_after_s=gw.retry_after_s)
+                          ack_timeout_s=gw.kafka_ack_timeout_ms / 1000)
     gateway = Gateway(
         gateway_id=gateway_id, keyring=keyring, keys=keys,
         limiter=RateLimiter(async_redis, config.redis.key_prefix, gw.rate_limit, gw.tenant_rate_limits,

@@ -13,9 +13,16 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-__all__ = ["AuditLog"]
+__all__ = ["AuditLog", "audit_record"]
 
 log = logging.getLogger("rampart.audit")
+
+
+def audit_record(event: str, component: str, instance: str, tenant: str = "", principal: str = "",
+                 **fields: Any) -> dict[str, Any]:
+    """One audit event as a JSON-ready mapping (the value of a record on the audit topic)."""
+    return {"ts": time.time(), "event": event, "component": component, "instance": instance, "tenant": tenant,
+            "principal": principal, **fields}
 
 
 class AuditLog:
@@ -27,8 +34,7 @@ class AuditLog:
         self.failures = 0
 
     def emit(self, event: str, *, tenant: str = "", principal: str = "", **fields: Any) -> None:
-        record = {"ts": time.time(), "event": event, "component": self._component, "instance": self._instance,
-                  "tenant": tenant, "principal": principal, **fields}
+        record = audit_record(event, self._component, self._instance, tenant, principal, **fields)
         log.warning("audit %s", event, extra={"audit": record})
         try:
             self._sink.produce(self._topic, json.dumps(record, sort_keys=True).encode(),

@@ -16,23 +16,33 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from ingest.errors import PayloadTooLarge, Unavailable
 from rampart.config import KafkaConfig
 from rampart.kafka import producer_properties
 
-__all__ = ["Publisher"]
+__all__ = ["PublishError", "Publisher", "RecordTooLarge"]
 
 log = logging.getLogger(__name__)
 
 _HEALTH_CHECK_INTERVAL_S = 5.0
 
 
+class PublishError(Exception):
+    """Kafka did not take a record (in time). Retrying later can succeed."""
+
+    retriable = True
+
+
+class RecordTooLarge(PublishError):
+    """The record exceeds the Kafka record limit; retrying cannot help."""
+
+    retriable = False
+
+
 class Publisher:
     def __init__(self, config: KafkaConfig, client_id: str, loop: asyncio.AbstractEventLoop,
-                 ack_timeout_s: float, retry_after_s: float, queue_max_bytes: int = 256 * 1024 * 1024) -> None:
+                 ack_timeout_s: float, queue_max_bytes: int = 256 * 1024 * 1024) -> None:
         self._loop = loop
         self._ack_timeout_s = ack_timeout_s
-        self._retry_after_s = retry_after_s
         self.producer = Producer(producer_properties(
             config, client_id,
             **{"queue.buffering.max.kbytes": queue_max_bytes // 1024, "error_cb": self._on_error}))
@@ -42,28 +52,34 @@ class Publisher:
         self._thread = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self._thread.start()
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        """Return once Kafka has acknowledged the record (acks=all); raise Unavailable otherwise."""
+    async def publish(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+                      headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Return once Kafka has acknowledged the record (acks=all); raise PublishError otherwise."""
         future: asyncio.Future[KafkaError | None] = self._loop.create_future()
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             self._loop.call_soon_threadsafe(_resolve, future, err)
 
+        extra: dict[str, Any] = {}
+        if partition is not None:
+            extra["partition"] = partition
+        if headers:
+            extra["headers"] = headers
         try:
-            self.producer.produce(topic, value=value, key=key, on_delivery=delivered)
+            self.producer.produce(topic, value=value, key=key, on_delivery=delivered, **extra)
         except BufferError:
-            raise Unavailable("Kafka is not keeping up (producer queue full)", self._retry_after_s) from None
+            raise PublishError("Kafka is not keeping up (producer queue full)") from None
         except KafkaException as exc:
             error = exc.args[0]
             if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                raise PayloadTooLarge("batch exceeds the Kafka record limit") from None
-            raise Unavailable(f"Kafka refused the batch ({_name(error)})", self._retry_after_s) from None
+                raise RecordTooLarge("record exceeds the Kafka record limit") from None
+            raise PublishError(f"Kafka refused the record ({_name(error)})") from None
         try:
             err = await asyncio.wait_for(asyncio.shield(future), self._ack_timeout_s)
         except TimeoutError:
-            raise Unavailable("Kafka did not acknowledge the batch in time", self._retry_after_s) from None
+            raise PublishError("Kafka did not acknowledge in time") from None
         if err is not None:
-            raise Unavailable(f"Kafka did not take the batch ({_name(err)})", self._retry_after_s)
+            raise PublishError(f"Kafka did not take the record ({_name(err)})")
 
     def queue_length(self) -> int:
         return len(self.producer)

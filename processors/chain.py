@@ -1,0 +1,186 @@
+"""One stage's work on one Kafka record, independent of how records are consumed.
+
+verify -> decode once -> run the processors -> encode once -> sign -> the records to produce.
+Everything that leaves a stage is described here as :class:`OutRecord`: the output envelope(s),
+reject records for dropped items, a quarantine record for a message that cannot be trusted or read,
+and audit events. The runtime produces them all and commits the input only once Kafka has
+acknowledged every one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from google.protobuf.message import Message
+
+from processors.base import Batch, Drop, Processor
+from processors.otlp import ItemRef, OtlpDecodeError, decode_payload, prune_empty, remove, subset, walk
+from rampart.audit import audit_record
+from rampart.keyring import KeyRing, SignatureError
+from rampart.topics import TopicNames
+from schemas.envelope import Envelope, EnvelopeError, PayloadFormat, Signal, decode, encode
+
+__all__ = ["ChainOutcome", "Keying", "OutRecord", "StageChain"]
+
+log = logging.getLogger(__name__)
+
+Keying = str  # "gateway" | "trace_id" | "tenant_service"
+_MAX_DETAIL = 500
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass
+class ChainOutcome:
+    records: list[OutRecord] = field(default_factory=list)
+    quarantine_reason: str | None = None
+    items_in: int = 0
+    items_out: int = 0
+    changed: dict[str, int] = field(default_factory=dict)                 # processor -> items changed
+    dropped: dict[tuple[str, str], int] = field(default_factory=dict)     # (processor, reason) -> items
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)      # (processor, counter) -> n
+
+
+class StageChain:
+    def __init__(self, *, names: list[str], processors: list[Processor], keyring: KeyRing, topics: TopicNames,
+                 output_topic: Callable[[Signal], str], keying: Keying, output_partitions: Callable[[Signal], int],
+                 instance: str) -> None:
+        self.names = names
+        self._processors = processors
+        self._keyring = keyring
+        self._topics = topics
+        self._output_topic = output_topic
+        self._keying = keying
+        self._output_partitions = output_partitions
+        self._instance = instance
+        self._component = "+".join(names)
+
+    def handle(self, signal: Signal, value: bytes, key: bytes | None, source: str) -> ChainOutcome:
+        """What to produce for one input record. Raises ProcessorUnavailable (retry later) and nothing else."""
+        outcome = ChainOutcome()
+        try:
+            envelope = decode(value)
+            self._keyring.verify(envelope)
+            if envelope.signal is not signal:
+                raise _Untrusted("signal_mismatch", f"a {envelope.signal.value} envelope on a {signal.value} topic")
+            request = decode_payload(signal, envelope.payload_format, envelope.payload)
+        except (EnvelopeError, SignatureError, OtlpDecodeError, _Untrusted) as exc:
+            reason = getattr(exc, "reason", "malformed_envelope")
+            self._quarantine(outcome, signal, value, key, source, reason, str(exc))
+            return outcome
+
+        batch = Batch(signal=signal, request=request, batch_id=envelope.batch_id, tenant=envelope.tenant,
+                      principal=envelope.principal, received_at_ns=envelope.received_at_ns,
+                      attributes=envelope.attributes, raw_payload=envelope.payload,
+                      payload_format=envelope.payload_format)
+        outcome.items_in = sum(1 for _ in walk(request, signal))
+        for processor in self._processors:
+            result = processor.process(batch)
+            batch.raw_payload = None if result.changed or result.drops else batch.raw_payload
+            if result.changed:
+                outcome.changed[processor.name] = outcome.changed.get(processor.name, 0) + result.changed
+            for counter, n in result.counts.items():
+                outcome.counts[(processor.name, counter)] = outcome.counts.get((processor.name, counter), 0) + n
+            for event, fields in result.audit:
+                self._audit(outcome, event, envelope, **fields)
+            if result.drops:
+                self._reject(outcome, envelope, processor.name, result.drops)
+                remove([d.ref for d in result.drops])
+        prune_empty(request, signal)
+        outcome.items_out = sum(1 for _ in walk(request, signal))
+        if outcome.items_out:
+            outcome.records += self._outputs(envelope, request, key)
+        return outcome
+
+    # ------------------------------------------------------------ outputs
+
+    def _outputs(self, envelope: Envelope, request: Message, key: bytes | None) -> list[OutRecord]:
+        signal = envelope.signal
+        topic = self._output_topic(signal)
+        if self._keying == "trace_id" and signal is not Signal.METRICS:
+            partitions = self._output_partitions(signal)
+            groups: dict[int, list[ItemRef]] = {}
+            for ref in walk(request, signal):
+                trace_id = ref.item.trace_id
+                groups.setdefault(zlib.crc32(trace_id) % partitions if trace_id else 0, []).append(ref)
+            if len(groups) == 1:
+                (partition,) = groups
+                return [self._record(topic, envelope, request, "", None, partition)]
+            return [self._record(topic, envelope, subset(signal, refs), f"p{partition}", None, partition)
+                    for partition, refs in sorted(groups.items())]
+        if self._keying == "tenant_service":
+            by_service: dict[str, list[ItemRef]] = {}
+            for ref in walk(request, signal):
+                service = next((kv.value.string_value for kv in ref.resource.resource.attributes
+                                if kv.key == "service.name"), "")
+                by_service.setdefault(service, []).append(ref)
+            if len(by_service) == 1:
+                (service,) = by_service
+                return [self._record(topic, envelope, request, "", f"{envelope.tenant}/{service}".encode(), None)]
+            return [self._record(topic, envelope, subset(signal, refs), f"s:{service}",
+                                 f"{envelope.tenant}/{service}".encode(), None) for service, refs in by_service.items()]
+        return [self._record(topic, envelope, request, "", key, None)]
+
+    def _record(self, topic: str, envelope: Envelope, request: Message, part: str, key: bytes | None,
+                partition: int | None) -> OutRecord:
+        # A part's batch id is derived, not random: a redelivered input yields the same ids, which
+        # is what lets dedup recognise a redelivery as itself.
+        batch_id = str(uuid.uuid5(uuid.UUID(int=0), f"{envelope.batch_id}/{part}")) if part else envelope.batch_id
+        out = replace(envelope, batch_id=batch_id, payload=request.SerializeToString(),
+                      payload_format=PayloadFormat.OTLP_PROTO, stages=(*envelope.stages, *self.names),
+                      key_id="", signature=b"")
+        return OutRecord(topic, encode(self._keyring.sign(out)), key, partition)
+
+    def _reject(self, outcome: ChainOutcome, envelope: Envelope, processor: str, drops: list[Drop]) -> None:
+        by_reason: dict[str, list[Drop]] = {}
+        for drop in drops:
+            by_reason.setdefault(drop.reason, []).append(drop)
+        signal = envelope.signal
+        for reason, group in by_reason.items():
+            outcome.dropped[(processor, reason)] = outcome.dropped.get((processor, reason), 0) + len(group)
+            attributes = {**envelope.attributes, "rampart.reject.stage": processor, "rampart.reject.reason": reason,
+                          "rampart.reject.detail": group[0].detail[:_MAX_DETAIL],
+                          "rampart.reject.count": str(len(group)), "rampart.reject.source_batch_id": envelope.batch_id}
+            rejected = replace(envelope, batch_id=str(uuid.uuid5(uuid.UUID(int=0), f"{envelope.batch_id}/reject/"
+                                                                                     f"{processor}/{reason}")),
+                               payload=subset(signal, [d.ref for d in group]).SerializeToString(),
+                               payload_format=PayloadFormat.OTLP_PROTO, attributes=attributes,
+                               stages=(*envelope.stages, processor), key_id="", signature=b"")
+            outcome.records.append(OutRecord(self._topics.rejected(signal), encode(self._keyring.sign(rejected)),
+                                             envelope.tenant.encode()))
+
+    def _quarantine(self, outcome: ChainOutcome, signal: Signal, value: bytes, key: bytes | None, source: str,
+                    reason: str, detail: str) -> None:
+        outcome.quarantine_reason = reason
+        headers = [("rampart.quarantine.reason", reason.encode()),
+                   ("rampart.quarantine.detail", detail[:_MAX_DETAIL].encode()),
+                   ("rampart.quarantine.stage", self._component.encode()),
+                   ("rampart.quarantine.source", source.encode())]
+        outcome.records.append(OutRecord(self._topics.quarantine(signal), value, key, None, headers))
+        record = audit_record("quarantined", self._component, self._instance, reason=reason,
+                              detail=detail[:_MAX_DETAIL], signal=signal.value, source=source)
+        outcome.records.append(OutRecord(self._topics.audit(), json.dumps(record, sort_keys=True).encode()))
+        log.warning("quarantined a record from %s: %s", source, reason)
+
+    def _audit(self, outcome: ChainOutcome, event: str, envelope: Envelope, **fields: str) -> None:
+        record = audit_record(event, self._component, self._instance, envelope.tenant, envelope.principal, **fields)
+        outcome.records.append(OutRecord(self._topics.audit(), json.dumps(record, sort_keys=True).encode(),
+                                         envelope.tenant.encode()))
+
+
+class _Untrusted(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason

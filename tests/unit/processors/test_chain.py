@@ -1,0 +1,149 @@
+"""One stage's handling of one record: outputs, rejects, quarantine and keying, without Kafka."""
+
+from __future__ import annotations
+
+import json
+import uuid
+import zlib
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from processors.chain import StageChain
+from processors.dedup import DedupProcessor, InMemoryMarks
+from processors.scrub import ScrubProcessor
+from processors.validate import ValidateProcessor
+from rampart.config import DedupConfig, ScrubConfig, ValidateConfig
+from rampart.keyring import KeyRing, generate_key
+from rampart.topics import TopicNames
+from schemas.envelope import Envelope, PayloadFormat, Signal, decode, encode
+from tests.unit.processors.helpers import NOW, traces
+
+GATEWAY_KEY, WORKER_KEY = generate_key(), generate_key()
+GATEWAY = KeyRing({"gw": GATEWAY_KEY}, "gw")
+WORKER = KeyRing({"gw": GATEWAY_KEY, "worker": WORKER_KEY}, "worker")
+TOPICS = TopicNames("t")
+
+
+def chain(keying: str = "gateway", partitions: int = 6) -> StageChain:
+    processors = [ValidateProcessor(ValidateConfig()), ScrubProcessor(ScrubConfig(), {}),
+                  DedupProcessor(DedupConfig(), InMemoryMarks(), "t")]
+    return StageChain(names=["validate", "scrub", "dedup"], processors=processors, keyring=WORKER, topics=TOPICS,
+                      output_topic=TOPICS.clean, keying=keying, output_partitions=lambda _s: partitions,
+                      instance="test")
+
+
+def envelope(request: ExportTraceServiceRequest, ring: KeyRing = GATEWAY, signal: Signal = Signal.TRACES) -> bytes:
+    return encode(ring.sign(Envelope(batch_id=str(uuid.uuid4()), tenant="acme", principal="k1", signal=signal,
+                                     payload_format=PayloadFormat.OTLP_PROTO, received_at_ns=NOW, gateway_id="gw",
+                                     payload=request.SerializeToString(), stages=("gateway",))))
+
+
+def test_clean_batch_passes_through_re_signed_by_the_worker() -> None:
+    outcome = chain().handle(Signal.TRACES, envelope(traces(5)), b"k", "t.raw.traces/0/1")
+    (record,) = outcome.records
+    assert record.topic == "t.clean.traces" and record.key == b"k"
+    out = decode(record.value)
+    WORKER.verify(out)
+    assert out.key_id == "worker" and out.stages == ("gateway", "validate", "scrub", "dedup")
+    assert outcome.items_in == outcome.items_out == 5
+    assert len(ExportTraceServiceRequest.FromString(out.payload).resource_spans[0].scope_spans[0].spans) == 5
+
+
+def test_dropped_items_become_signed_reject_records_with_reasons() -> None:
+    request = traces(4)
+    spans = request.resource_spans[0].scope_spans[0].spans
+    spans[1].trace_id = bytes(16)
+    spans[2].end_time_unix_nano = 1
+    spans[3].attributes.add(key="user.email").value.string_value = "jane@example.com"
+    outcome = chain().handle(Signal.TRACES, envelope(request), None, "src")
+    outputs = [r for r in outcome.records if r.topic == "t.clean.traces"]
+    rejects = [decode(r.value) for r in outcome.records if r.topic == "t.rejected.traces"]
+    assert len(outputs) == 1 and outcome.items_out == 2
+    assert sorted(r.attributes["rampart.reject.reason"] for r in rejects) == ["end_before_start", "invalid_trace_id"]
+    for reject in rejects:
+        WORKER.verify(reject)
+        assert len(ExportTraceServiceRequest.FromString(reject.payload).resource_spans[0].scope_spans[0].spans) == 1
+    assert outcome.dropped == {("validate", "invalid_trace_id"): 1, ("validate", "end_before_start"): 1}
+    assert outcome.changed == {"scrub": 1} and outcome.counts[("scrub", "email")] == 1
+    assert b"jane@example.com" not in outputs[0].value
+
+
+def test_a_replayed_batch_produces_nothing_but_its_rejects() -> None:
+    c = chain()
+    first = envelope(traces(3))
+    assert len(c.handle(Signal.TRACES, first, None, "src").records) == 1
+    assert len(c.handle(Signal.TRACES, first, None, "src").records) == 1  # redelivery: same batch id, kept
+    retry = envelope(traces(3))                                            # the client's retry: new batch id
+    outcome = c.handle(Signal.TRACES, retry, None, "src")
+    assert [r.topic for r in outcome.records] == ["t.rejected.traces"]
+    assert outcome.dropped == {("dedup", "duplicate_batch"): 3}
+
+
+def quarantined(value: bytes, signal: Signal = Signal.TRACES) -> tuple[str | None, list[str]]:
+    outcome = chain().handle(signal, value, b"key", "t.raw.traces/3/42")
+    topics = [r.topic for r in outcome.records]
+    audit = [json.loads(r.value) for r in outcome.records if r.topic == "t.audit"]
+    assert audit and audit[0]["event"] == "quarantined" and audit[0]["source"] == "t.raw.traces/3/42"
+    quarantine = next(r for r in outcome.records if r.topic.startswith("t.quarantine."))
+    assert quarantine.value == value and dict(quarantine.headers or [])["rampart.quarantine.reason"]
+    return outcome.quarantine_reason, topics
+
+
+def test_unsigned_forged_or_garbled_messages_are_quarantined_with_the_reason() -> None:
+    intruder = KeyRing({"intruder": generate_key()}, "intruder")
+    assert quarantined(envelope(traces(1), ring=intruder))[0] == "unknown_key_id"
+    forged = bytearray(envelope(traces(1)))
+    forged[-3] ^= 0x01
+    assert quarantined(bytes(forged))[0] == "bad_signature"
+    assert quarantined(b"not an envelope")[0] == "malformed_envelope"
+    assert quarantined(envelope(traces(1), signal=Signal.LOGS))[0] == "signal_mismatch"
+    garbage = encode(GATEWAY.sign(Envelope(batch_id="b", tenant="acme", principal="k", signal=Signal.TRACES,
+                                           payload_format=PayloadFormat.OTLP_PROTO, received_at_ns=NOW,
+                                           gateway_id="gw", payload=b"\xff\xff\xff")))
+    reason, topics = quarantined(garbage)
+    assert reason == "undecodable_payload" and "t.clean.traces" not in topics
+
+
+def test_otlp_json_is_decoded_and_emitted_as_protobuf() -> None:
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "x",
+         "startTimeUnixNano": str(NOW - 10), "endTimeUnixNano": str(NOW)}]}]}]}).encode()
+    value = encode(GATEWAY.sign(Envelope(batch_id=str(uuid.uuid4()), tenant="acme", principal="k",
+                                         signal=Signal.TRACES, payload_format=PayloadFormat.OTLP_JSON,
+                                         received_at_ns=NOW, gateway_id="gw", payload=body)))
+    (record,) = chain().handle(Signal.TRACES, value, None, "src").records
+    out = decode(record.value)
+    assert out.payload_format is PayloadFormat.OTLP_PROTO
+    span = ExportTraceServiceRequest.FromString(out.payload).resource_spans[0].scope_spans[0].spans[0]
+    assert span.trace_id.hex() == "5b8efff798038103d269b633813fc60c" and span.span_id.hex() == "eee19b7ec3c1b174"
+
+
+def test_trace_id_keying_puts_every_span_of_a_trace_on_one_partition() -> None:
+    request = traces(30)
+    spans = request.resource_spans[0].scope_spans[0].spans
+    for i, span in enumerate(spans):
+        span.trace_id = bytes([i % 7 + 1]) * 16  # 7 traces, interleaved
+    value = envelope(request)
+    outcome = chain(keying="trace_id", partitions=4).handle(Signal.TRACES, value, None, "src")
+    seen: dict[bytes, int] = {}
+    total = 0
+    for record in outcome.records:
+        WORKER.verify(decode(record.value))
+        part = ExportTraceServiceRequest.FromString(decode(record.value).payload)
+        for span in part.resource_spans[0].scope_spans[0].spans:
+            assert seen.setdefault(span.trace_id, record.partition or 0) == record.partition
+            assert record.partition == zlib.crc32(span.trace_id) % 4
+            total += 1
+    assert total == 30 and len(outcome.records) > 1
+    again = chain(keying="trace_id", partitions=4).handle(Signal.TRACES, value, None, "src")
+    assert [decode(r.value).batch_id for r in again.records] == [decode(r.value).batch_id for r in outcome.records]
+
+
+def test_tenant_service_keying() -> None:
+    request = traces(2)
+    other = request.resource_spans.add()
+    other.resource.attributes.add(key="service.name").value.string_value = "cart"
+    other.scope_spans.add().spans.add(trace_id=b"\x09" * 16, span_id=b"\x09" * 8, start_time_unix_nano=NOW - 5,
+                                      end_time_unix_nano=NOW)
+    outcome = chain(keying="tenant_service").handle(Signal.TRACES, envelope(request), None, "src")
+    assert sorted(r.key for r in outcome.records) == [b"acme/cart", b"acme/checkout"]
