@@ -32,7 +32,7 @@ import aiohttp
 import grpc
 
 from benchmarks.otlp_load import bodies
-from tests.support.gateway import Deployment, GatewayProcess
+from tests.support.deployment import Deployment, GatewayProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -17,6 +17,8 @@ from confluent_kafka import KafkaException
 
 from ingest.apikeys import ApiKeyRegistry
 from ingest.server import GatewayStartupError, redis_clients, run_gateway
+from processors.runtime import WorkerSetupError, run_worker
+from processors.scrub import ScrubSetupError
 from rampart.audit import AuditLog
 from rampart.config import (
     CONFIG_ENV_VAR,
@@ -53,7 +55,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(config.logging if args.handler is _gateway else LoggingConfig(level="WARNING", format="text"))
+    long_running = args.handler in (_gateway, _worker)
+    setup_logging(config.logging if long_running else LoggingConfig(level="WARNING", format="text"))
     handler: Handler = args.handler
     return handler(args, config, env)
 
@@ -125,8 +128,22 @@ def _build_parser() -> argparse.ArgumentParser:
     ak_revoke.add_argument("key_id", help="the key id shown by `apikeys list`")
     ak_revoke.set_defaults(handler=_apikeys_revoke)
 
-    for role, text in (("worker", "run stream stages (validate, scrub, dedup, forgery)"),
-                       ("sink", "run an exporter to Jaeger, Prometheus or an OTLP backend")):
+    worker = sub.add_parser(
+        "worker", help="run stream stages (validate, scrub, dedup) as a consumer group",
+        description="Consume envelopes, verify their signatures, run the given processors on each batch, "
+                    "re-sign and produce the result, committing offsets only after Kafka acknowledged "
+                    "every output. Stages are consecutive names from stages.pipeline; one name runs one "
+                    "stage as its own consumer group, several run fused in one process (one decode, one "
+                    "encode). Start more processes with the same --stages to share the partitions.")
+    worker.add_argument("--stages", required=True, help="comma-separated, e.g. validate or validate,scrub,dedup")
+    worker.add_argument("--signals", default="traces,metrics,logs", help="signals to process (default: all)")
+    worker.add_argument("--input", metavar="TOPIC", help="read this topic instead of the pipeline's "
+                        "('{signal}' stands for the signal), for processors joining as consumers of any topic")
+    worker.add_argument("--output", metavar="TOPIC", help="write this topic instead of the pipeline's "
+                        "(with --input)")
+    worker.set_defaults(handler=_worker)
+
+    for role, text in (("sink", "run an exporter to Jaeger, Prometheus or an OTLP backend"),):
         stub = sub.add_parser(role, help=f"{text} (not yet implemented)",
                               description=f"{text}. Not implemented in this version of Rampart.")
         stub.set_defaults(handler=_not_implemented(role))
@@ -146,6 +163,24 @@ def _gateway(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, 
         asyncio.run(run_gateway(config, env))
     except GatewayStartupError as exc:
         print(f"rampart gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    try:
+        signals = [Signal(s.strip()) for s in args.signals.split(",") if s.strip()]
+    except ValueError:
+        print(f"rampart worker: --signals takes traces, metrics, logs; got {args.signals!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if (args.input is None) != (args.output is None):
+        print("rampart worker: --input and --output go together", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run_worker(config, env, stages, signals, args.input, args.output)
+    except (WorkerSetupError, ScrubSetupError) as exc:
+        print(f"rampart worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 
@@ -225,7 +260,7 @@ def _topics_create(args: argparse.Namespace, config: RampartConfig, env: Mapping
         topics_config = replace(topics_config, partitions=args.partitions)
     admin = admin_client(config.kafka, "rampart-topics")
     try:
-        report = create_topics(admin, topics_config, config.kafka.max_message_bytes)
+        report = create_topics(admin, topics_config, config.kafka.max_message_bytes, config.stages.pipeline)
     except KafkaException as exc:
         print(f"rampart topics create: Kafka at {config.kafka.bootstrap_servers} refused or did not answer: "
               f"{exc.args[0]}", file=sys.stderr)
@@ -247,7 +282,7 @@ def _topics_list(args: argparse.Namespace, config: RampartConfig, env: Mapping[s
         print(f"rampart topics list: Kafka at {config.kafka.bootstrap_servers} did not answer: {exc.args[0]}",
               file=sys.stderr)
         return EXIT_FAILURE
-    for name in TopicNames(config.topics.prefix).all(config.topics.dlq_sinks):
+    for name in TopicNames(config.topics.prefix).all(config.topics.dlq_sinks, config.stages.pipeline):
         topic = metadata.topics.get(name)
         state = f"{len(topic.partitions)} partitions" if topic is not None and not topic.error else "missing"
         print(f"{name:40} {state}")

@@ -38,6 +38,7 @@ __all__ = [
     "RateLimitConfig",
     "RedisConfig",
     "ScrubConfig",
+    "StagesConfig",
     "TlsConfig",
     "TopicsConfig",
     "ValidateConfig",
@@ -234,6 +235,24 @@ class DedupConfig:
 
 
 @dataclass(frozen=True)
+class StagesConfig:
+    """How stream stages are chained and run (see docs/stages.md)."""
+
+    # The order of the stream stages between the raw and the clean topics. A worker runs one of
+    # them or several consecutive ones fused (`rampart worker --stages scrub,dedup`).
+    pipeline: tuple[str, ...] = ("validate", "scrub", "dedup")
+    # How the first stage keys what it emits: "trace_id" (every span of a trace on one partition of
+    # the next topic), "tenant_service" (key tenant/service.name), or "gateway" (keep the input key).
+    keying: Literal["gateway", "trace_id", "tenant_service"] = "trace_id"
+    # Records processed at once per signal in one worker process (overlaps waits for Kafka's acks).
+    concurrency: int = bounded(4, min=1, max=256)
+    # /metrics, /healthz, /readyz of a worker process.
+    admin_listen: str = matching("127.0.0.1:9465", _LISTEN, _LISTEN_HINT)
+    # How long a record may wait for all its outputs to be acknowledged before the attempt is retried.
+    kafka_ack_timeout_ms: int = bounded(30_000, min=100, max=600_000)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -249,6 +268,7 @@ class RampartConfig:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Where this config was read from; relative paths inside it are resolved against its folder.
     source: str = internal_field("<defaults>")

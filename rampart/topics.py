@@ -7,7 +7,7 @@ Names follow DESIGN.md: ``<prefix>.raw.<signal>``, ``<prefix>.clean.<signal>``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -16,7 +16,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from rampart.config import TopicsConfig
 from schemas.envelope import Signal
 
-__all__ = ["TopicNames", "TopicReport", "create_topics"]
+__all__ = ["HOP_NAMES", "TopicNames", "TopicReport", "create_topics"]
+
+HOP_NAMES = {"validate": "validated", "scrub": "scrubbed", "dedup": "deduplicated", "forgery": "screened"}
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,16 @@ class TopicNames:
     def audit(self) -> str:
         return f"{self.prefix}.audit"
 
-    def all(self, dlq_sinks: Iterable[str]) -> list[str]:
-        """Every topic of the pipeline, in a stable order."""
+    def after(self, stage: str, signal: Signal) -> str:
+        """The topic between ``stage`` and the next one, when stages run as separate consumer groups."""
+        return f"{self.prefix}.{HOP_NAMES.get(stage, 'after-' + stage)}.{signal.value}"
+
+    def all(self, dlq_sinks: Iterable[str], pipeline: Sequence[str] = ()) -> list[str]:
+        """Every topic of the pipeline (hop topics between the stages of ``pipeline`` included)."""
         names = []
         for signal in Signal:
             names += [self.raw(signal), self.clean(signal), self.rejected(signal), self.quarantine(signal)]
+            names += [self.after(stage, signal) for stage in pipeline[:-1]]
         names += [self.dlq(sink) for sink in dlq_sinks]
         names.append(self.audit())
         return names
@@ -58,9 +65,9 @@ class TopicReport:
 
 
 def create_topics(admin: AdminClient, config: TopicsConfig, max_message_bytes: int,
-                  timeout_s: float = 30.0) -> TopicReport:
+                  pipeline: Sequence[str] = (), timeout_s: float = 30.0) -> TopicReport:
     """Create every missing topic; topics that already exist are left as they are."""
-    names = TopicNames(config.prefix).all(config.dlq_sinks)
+    names = TopicNames(config.prefix).all(config.dlq_sinks, pipeline)
     topic_config = {"max.message.bytes": str(max_message_bytes), "retention.ms": str(config.retention_ms)}
     new = [NewTopic(name, num_partitions=config.partitions, replication_factor=config.replication_factor,
                     config=topic_config) for name in names]

@@ -56,7 +56,8 @@ def main() -> int:
         write_key(keyfile, "gateway-1", make_signing=True)
         write_key(keyfile, "worker-1", make_signing=False)
         say(f"created the envelope signing key ring {keyfile} (mode 0600)")
-    report = create_topics(admin_client(config.kafka, "rampart-demo"), config.topics, config.kafka.max_message_bytes)
+    report = create_topics(admin_client(config.kafka, "rampart-demo"), config.topics, config.kafka.max_message_bytes,
+                           config.stages.pipeline)
     say(f"topics: {len(report.created)} created, {len(report.existing)} already there "
         f"(prefix {config.topics.prefix!r}, {config.topics.partitions} partitions)")
 

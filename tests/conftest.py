@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import services
-from tests.support.gateway import Deployment, deployments
+from tests.support.deployment import Deployment, deployments
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from schemas.envelope import Signal
 from tests.integration.ingest import otlp_data
-from tests.support.gateway import Deployment, GatewayProcess, post
+from tests.support.deployment import Deployment, GatewayProcess, post
 
 pytestmark = pytest.mark.integration
 

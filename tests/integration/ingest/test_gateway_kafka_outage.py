@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from schemas.envelope import Signal, decode
 from tests.integration.ingest import otlp_data
-from tests.support.gateway import ROOT, Deployment, GatewayProcess, post, read_raw
+from tests.support.deployment import ROOT, Deployment, GatewayProcess, post, read_raw
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from tests.integration.ingest import otlp_data
-from tests.support.gateway import Deployment, GatewayProcess, post
+from tests.support.deployment import Deployment, GatewayProcess, post
 from tests.support.proxy import CuttableProxy
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from tests.integration.ingest import otlp_data
-from tests.support.gateway import Deployment, GatewayProcess, post
+from tests.support.deployment import Deployment, GatewayProcess, post
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from schemas.envelope import PayloadFormat, Signal, decode
 from tests.integration.ingest import otlp_data
-from tests.support.gateway import Deployment, post, read_raw
+from tests.support.deployment import Deployment, post, read_raw
 
 pytestmark = pytest.mark.integration
 

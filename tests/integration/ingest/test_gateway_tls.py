@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.integration.ingest import otlp_data
 from tests.support.certs import Issued, TestCA
-from tests.support.gateway import Deployment, GatewayProcess, post
+from tests.support.deployment import Deployment, GatewayProcess, post
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert out.startswith("usage: rampart") and len(out.splitlines()) > 3
 
 
-@pytest.mark.parametrize("role", ["worker", "sink"])
+@pytest.mark.parametrize("role", ["sink"])
 def test_unimplemented_roles_say_so_and_fail(role: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([role], env={}) == 1
     assert "not implemented" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Run real `rampart gateway` processes for tests, each with its own ports, topics and Redis prefix."""
+"""Isolated Rampart deployments for tests: own topics, Redis prefix and key ring, and real
+`rampart gateway` and `rampart worker` processes started on free ports."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from ingest.apikeys import ApiKeyRegistry
-from rampart.config import KafkaConfig, KeyringConfig, TopicsConfig
+from rampart.config import KafkaConfig, KeyringConfig, StagesConfig, TopicsConfig
 from rampart.kafka import admin_client
 from rampart.keyring import KeyRing, generate_key, load_keyring, write_key
 from rampart.topics import TopicNames, create_topics
@@ -27,6 +28,7 @@ from schemas.envelope import Envelope, Signal, decode
 
 ROOT = Path(__file__).resolve().parents[2]
 RAMPART = str(Path(sys.executable).parent / "rampart")
+PIPELINE = StagesConfig().pipeline
 
 
 def free_port() -> int:
@@ -44,15 +46,16 @@ class Deployment:
     redis_url: str
     tmp: Path
     keyring_file: str = ""
-    processes: list[GatewayProcess] = field(default_factory=list)
+    processes: list[RampartProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.keyring_file = str(self.tmp / "keyring.yaml")
         write_key(self.keyring_file, "gateway-1", make_signing=True)
+        write_key(self.keyring_file, "worker-1", make_signing=False)  # workers sign with their own key
         self.topics = TopicNames(self.prefix)
         self.kafka = KafkaConfig(bootstrap_servers=self.kafka_bootstrap)
         create_topics(admin_client(self.kafka, "test"), TopicsConfig(prefix=self.prefix, partitions=2),
-                      self.kafka.max_message_bytes)
+                      self.kafka.max_message_bytes, PIPELINE)
         self.registry = ApiKeyRegistry(redis.Redis.from_url(self.redis_url), self.prefix)
 
     def verifier(self) -> KeyRing:
@@ -68,7 +71,8 @@ class Deployment:
         """Wait until every running gateway has loaded the registry's current version."""
         version = self.registry.version()
         for process in self.processes:
-            if process.proc is None or process.proc.poll() is not None:
+            running = process.proc is not None and process.proc.poll() is None
+            if not isinstance(process, GatewayProcess) or not running:
                 continue
             deadline = time.monotonic() + timeout_s
             while f"rampart_gateway_apikey_table_version {float(version)}" not in process.metrics():
@@ -97,12 +101,19 @@ class Deployment:
         process.start()
         return process
 
+    def start_worker(self, stages: str, **overrides: str) -> WorkerProcess:
+        process = WorkerProcess(self, stages, overrides)
+        self.processes.append(process)
+        process.start()
+        return process
+
     def stop_all(self) -> None:
         """Stop the gateways and delete the deployment's topics, so runs do not fill the broker's disk."""
         for process in self.processes:
             process.stop()
         admin = admin_client(self.kafka, "test")
-        for future in admin.delete_topics(self.topics.all(TopicsConfig().dlq_sinks), request_timeout=30).values():
+        names = self.topics.all(TopicsConfig().dlq_sinks, PIPELINE)
+        for future in admin.delete_topics(names, request_timeout=30).values():
             with contextlib.suppress(KafkaException):
                 future.result(timeout=30)
 
@@ -157,37 +168,25 @@ def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float) -> list
     return [decode(v) for v in values]
 
 
-class GatewayProcess:
-    def __init__(self, deployment: Deployment, overrides: Mapping[str, str]) -> None:
-        self.http_port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
-        self.env = deployment.env(
-            RAMPART__GATEWAY__HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
-            RAMPART__GATEWAY__GRPC_LISTEN=f"127.0.0.1:{self.grpc_port}",
-            RAMPART__GATEWAY__ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
-            **overrides)
-        self.log_path = deployment.tmp / f"gateway-{self.http_port}.log"
+class RampartProcess:
+    """A `rampart <role>` child process with its own admin port and log file."""
+
+    def __init__(self, deployment: Deployment, args: list[str], env: dict[str, str], admin_port: int) -> None:
+        self.args, self.env, self.admin_port = args, env, admin_port
+        self.log_path = deployment.tmp / f"{args[0]}-{admin_port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def http_url(self) -> str:
-        scheme = "https" if "RAMPART__GATEWAY__TLS__CERT_FILE" in self.env else "http"
-        return f"{scheme}://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout_s: float = 30.0) -> None:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([RAMPART, "gateway"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([RAMPART, *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(f"rampart {self.args[0]} exited with {self.proc.returncode}:\n{self.log()}")
             if self.ready():
                 return
             time.sleep(0.1)
-        raise AssertionError(f"gateway not ready within {timeout_s}s:\n{self.log()}")
+        raise AssertionError(f"rampart {self.args[0]} not ready within {timeout_s}s:\n{self.log()}")
 
     def ready(self) -> bool:
         try:
@@ -207,10 +206,44 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit, no flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class WorkerProcess(RampartProcess):
+    def __init__(self, deployment: Deployment, stages: str, overrides: Mapping[str, str]) -> None:
+        admin_port = free_port()
+        env = deployment.env(RAMPART__STAGES__ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
+                             RAMPART__KEYRING__SIGNING_KEY_ID="worker-1", **overrides)
+        super().__init__(deployment, ["worker", "--stages", stages], env, admin_port)
+
+
+class GatewayProcess(RampartProcess):
+    def __init__(self, deployment: Deployment, overrides: Mapping[str, str]) -> None:
+        self.http_port, self.grpc_port, admin_port = free_port(), free_port(), free_port()
+        env = deployment.env(
+            RAMPART__GATEWAY__HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
+            RAMPART__GATEWAY__GRPC_LISTEN=f"127.0.0.1:{self.grpc_port}",
+            RAMPART__GATEWAY__ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
+            **overrides)
+        super().__init__(deployment, ["gateway"], env, admin_port)
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if "RAMPART__GATEWAY__TLS__CERT_FILE" in self.env else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
 
 def post(url: str, body: bytes, headers: Mapping[str, str], method: str = "POST",
@@ -233,4 +266,5 @@ def deployments(kafka_bootstrap: str, redis_url: str, prefix: str, tmp: Path) ->
         deployment.stop_all()
 
 
-__all__ = ["Deployment", "GatewayProcess", "deployments", "free_port", "generate_key", "post", "read_topic"]
+__all__ = ["Deployment", "GatewayProcess", "WorkerProcess", "deployments", "free_port", "generate_key", "post",
+           "read_topic"]
