@@ -250,6 +250,9 @@ class StagesConfig:
     admin_listen: str = matching("127.0.0.1:9465", _LISTEN, _LISTEN_HINT)
     # How long a record may wait for all its outputs to be acknowledged before the attempt is retried.
     kafka_ack_timeout_ms: int = bounded(30_000, min=100, max=600_000)
+    # A worker that stops heartbeating for this long loses its partitions to the others of its group
+    # (the broker must allow it: group.min.session.timeout.ms, 6 s by default).
+    session_timeout_s: float = bounded(30.0, min=6.0, max=1800.0)
 
 
 @dataclass(frozen=True)

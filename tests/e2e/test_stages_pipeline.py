@@ -6,10 +6,12 @@ import time
 from collections import Counter
 
 import pytest
+from confluent_kafka import Producer
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from schemas.envelope import Envelope, Signal, decode
+from rampart.keyring import KeyRing, generate_key
+from schemas.envelope import Envelope, PayloadFormat, Signal, decode, encode
 from tests.integration.ingest import otlp_data
 from tests.support.deployment import Deployment, GatewayProcess, post, read_raw
 
@@ -78,11 +80,6 @@ def test_spans_flow_through_the_stages_scrubbed_and_deduplicated(deployment: Dep
 
 
 def test_a_forged_message_on_the_raw_topic_is_quarantined(deployment: Deployment) -> None:
-    from confluent_kafka import Producer
-
-    from rampart.keyring import KeyRing, generate_key
-    from schemas.envelope import PayloadFormat, encode
-
     deployment.start_worker("validate,scrub,dedup")
     intruder = KeyRing({"gateway-1": generate_key()}, "gateway-1")  # right id, wrong secret
     forged = intruder.sign(Envelope(batch_id="forged-1", tenant="victim", principal="k", signal=Signal.TRACES,
