@@ -243,7 +243,8 @@ def _faust_app(config: RampartConfig, plan: TopicPlan, worker: _Worker, signals:
         producer_max_request_size=config.kafka.max_message_bytes,
         broker_commit_interval=1.0, stream_wait_empty=True,
         broker_session_timeout=config.stages.session_timeout_s,
-        broker_heartbeat_interval=max(1.0, config.stages.session_timeout_s / 10), datadir=f"/tmp/rampart-faust-{os.getpid()}",  # noqa: S108
+        broker_heartbeat_interval=max(1.0, config.stages.session_timeout_s / 10),
+        datadir=f"/tmp/rampart-faust-{os.getpid()}",  # noqa: S108 - faust wants one; nothing is stored there
     )
     for signal in signals:
         topic = app.topic(plan.input[signal], value_type=bytes, value_serializer="raw", key_serializer="raw")

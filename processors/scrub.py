@@ -65,12 +65,15 @@ def _contains_ci(*needles: bytes) -> Callable[[bytes, bytes], bool]:
 
 
 _DIGIT_RUN = re.compile(rb"\d{4}[ -]?\d{4}[ -]?\d{4}")
+_EMAIL_SCREEN = re.compile(rb"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2}")
 _IP_SCREEN = re.compile(rb"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 _SECRET_PARAMS = ("access_token", "api_key", "apikey", "auth", "client_secret", "key", "passwd", "password",
                   "pwd", "secret", "sig", "signature", "token")
 
 DETECTORS: dict[str, Detector] = {
-    "email": Detector(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", _contains(b"@")),
+    # A bare "@" is common in binary ids, so the screen looks for "@domain.tld" instead.
+    "email": Detector(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+                      lambda p, _l: _EMAIL_SCREEN.search(p) is not None),
     "payment_card": Detector(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])",
                              lambda p, _l: _DIGIT_RUN.search(p) is not None, check=luhn_valid),
     "jwt": Detector(r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*", _contains(b"eyJ")),
@@ -112,14 +115,8 @@ class ScrubProcessor(Processor):
         self._hash_key = _hash_key(config, env) if self._uses_hash() else b""
         self._sensitive = tuple(k.lower() for k in config.sensitive_keys)
         self._allow = frozenset(config.allow_keys)
-        self._pattern = re.compile("|".join([f"(?P<_marker>{_MARKER})"] +
-                                            [f"(?P<r{i}>{r.detector.pattern})" for i, r in enumerate(self._rules)]))
-        # Which rules apply to an attribute: the general ones, plus those bound to its key.
-        self._general = frozenset(i for i, r in enumerate(self._rules) if not r.detector.keys)
-        self._keyed: dict[str, frozenset[int]] = {}
-        for i, rule in enumerate(self._rules):
-            for key in rule.detector.keys:
-                self._keyed[key] = self._keyed.get(key, self._general) | {i}
+        # Per set of rules the screens let through: one combined expression, compiled once.
+        self._plans: dict[tuple[frozenset[int], bool], _Plan] = {}
 
     def _uses_hash(self) -> bool:
         return any(r.action == "hash" for r in self._rules) or self._config.sensitive_key_action == "hash"
@@ -128,26 +125,56 @@ class ScrubProcessor(Processor):
 
     def might_match(self, payload: bytes, payload_format: PayloadFormat) -> bool:
         """False only if no rule can match anything in this payload (then the batch is left alone)."""
-        if payload_format is not PayloadFormat.OTLP_PROTO or self._allow:
-            return True
+        plan = self._plan(payload, payload_format)
+        return plan.keys_checked or bool(plan.rules)
+
+    def _plan(self, payload: bytes | None, payload_format: PayloadFormat) -> _Plan:
+        """The rules that could match in this payload, by the cheap screens; all of them if unknown."""
+        everything = frozenset(range(len(self._rules)))
+        if payload is None or payload_format is not PayloadFormat.OTLP_PROTO or self._allow:
+            return self._plan_for(everything, keys_checked=True)
         lowered = payload.lower()
-        if any(key.encode() in lowered for key in self._sensitive):
-            return True
-        return any(rule.detector.screen(payload, lowered) for rule in self._rules)
+        keys_checked = any(key.encode() in lowered for key in self._sensitive)
+        active = frozenset(i for i, rule in enumerate(self._rules) if rule.detector.screen(payload, lowered))
+        return self._plan_for(active, keys_checked)
+
+    def _plan_for(self, active: frozenset[int], keys_checked: bool) -> _Plan:
+        cached = self._plans.get((active, keys_checked))
+        if cached is None:
+            general = frozenset(i for i in active if not self._rules[i].detector.keys)
+            keyed: dict[str, frozenset[int]] = {}
+            for i in sorted(active - general):
+                for key in self._rules[i].detector.keys:
+                    keyed[key] = keyed.get(key, general) | {i}
+            alternatives = [f"(?P<_marker>{_MARKER})"] + [f"(?P<r{i}>{self._rules[i].detector.pattern})"
+                                                          for i in sorted(active)]
+            cached = _Plan(active, general, keyed, re.compile("|".join(alternatives)), keys_checked)
+            self._plans[(active, keys_checked)] = cached
+        return cached
 
     # ------------------------------------------------------------ the scan
 
     def process(self, batch: Batch) -> Result:
         result = Result()
-        if batch.raw_payload is not None and not self.might_match(batch.raw_payload, batch.payload_format):
+        plan = self._plan(batch.raw_payload, batch.payload_format)
+        if not plan.rules and not plan.keys_checked:
             result.count("screened_clean_batches")
             return result
+        if not plan.general and not plan.keys_checked:
+            # Only rules bound to particular keys (e.g. SQL literals in db.query.text) could match:
+            # look at those attributes alone instead of at every string.
+            for ref in walk(batch.request, batch.signal):
+                if any(kv.key in plan.keyed for kv in ref.item.attributes):
+                    tally = _Tally(result, plan)
+                    self._attributes(ref.item.attributes, tally)
+                    tally.mark(ref.item.attributes)
+            return result
         for resource in resources(batch.request, batch.signal):
-            tally = _Tally(result)
+            tally = _Tally(result, plan)
             self._attributes(resource.resource.attributes, tally)
             tally.mark(resource.resource.attributes)
         for ref in walk(batch.request, batch.signal):
-            tally = _Tally(result)
+            tally = _Tally(result, plan)
             item = ref.item
             self._attributes(item.attributes, tally)
             if batch.signal is Signal.TRACES:
@@ -174,8 +201,7 @@ class ScrubProcessor(Processor):
                 tally.hit("not_allowed_key")
                 del attributes[i]
                 continue
-            lowered = key.lower()
-            if any(lowered.endswith(s) for s in self._sensitive):
+            if tally.plan.keys_checked and key.lower().endswith(self._sensitive):
                 if not _is_redacted(kv.value):
                     tally.hit("sensitive_key")
                     if self._config.sensitive_key_action == "drop":
@@ -213,12 +239,13 @@ class ScrubProcessor(Processor):
 
     def _scan(self, text: str, tally: _Tally, key: str) -> tuple[str | None, bool]:
         """(new text or None if unchanged, whether a drop rule matched)."""
-        if not text:
+        plan = tally.plan
+        allowed = plan.keyed.get(key, plan.general)
+        if not text or not allowed:
             return None, False
-        allowed = self._keyed.get(key, self._general)
         pieces: list[str] = []
         last, changed, drop = 0, False, False
-        for match in self._pattern.finditer(text):
+        for match in plan.pattern.finditer(text):
             group = match.lastgroup
             if group is None or group == "_marker":
                 continue
@@ -256,13 +283,25 @@ class ScrubProcessor(Processor):
         value.string_value = self._redact(original, action)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one batch is scanned for: the rules its screens let through."""
+
+    rules: frozenset[int]
+    general: frozenset[int]                 # rules that apply to every string
+    keyed: dict[str, frozenset[int]]        # attribute key -> rules that apply to it (general included)
+    pattern: re.Pattern[str]
+    keys_checked: bool                      # whether a sensitive key name could be present
+
+
 class _Tally:
     """Matches within one item: feeds the per-rule counters and marks the item as changed."""
 
-    __slots__ = ("matches", "result")
+    __slots__ = ("matches", "plan", "result")
 
-    def __init__(self, result: Result) -> None:
+    def __init__(self, result: Result, plan: _Plan) -> None:
         self.result = result
+        self.plan = plan
         self.matches = 0
 
     def hit(self, rule: str) -> None:

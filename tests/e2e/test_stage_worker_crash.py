@@ -58,8 +58,8 @@ def test_sigkill_of_a_worker_loses_nothing(deployment: Deployment) -> None:
         per_span_collapsed: Counter[bytes] = Counter()
         seen_batches: set[str] = set()
         for envelope in envelopes:
-            ids = [s.trace_id + s.span_id for rs in ExportTraceServiceRequest.FromString(envelope.payload).resource_spans
-                   for ss in rs.scope_spans for s in ss.spans]
+            request = ExportTraceServiceRequest.FromString(envelope.payload)
+            ids = [s.trace_id + s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
             per_span.update(ids)
             if envelope.batch_id not in seen_batches:
                 seen_batches.add(envelope.batch_id)
