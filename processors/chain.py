@@ -109,12 +109,11 @@ class StageChain:
     def _outputs(self, envelope: Envelope, request: Message, key: bytes | None) -> list[OutRecord]:
         signal = envelope.signal
         topic = self._output_topic(signal)
-        if self._keying == "trace_id" and signal is not Signal.METRICS:
+        if self._keying == "trace_id" and signal is Signal.TRACES:
             partitions = self._output_partitions(signal)
             groups: dict[int, list[ItemRef]] = {}
             for ref in walk(request, signal):
-                trace_id = ref.item.trace_id
-                groups.setdefault(zlib.crc32(trace_id) % partitions if trace_id else 0, []).append(ref)
+                groups.setdefault(zlib.crc32(ref.item.trace_id) % partitions, []).append(ref)
             if len(groups) == 1:
                 (partition,) = groups
                 return [self._record(topic, envelope, request, "", None, partition)]

@@ -1,9 +1,11 @@
 """`make demo`: the main job as far as Rampart is built today.
 
-Creates the signing keys and topics, issues a demo API key, starts a gateway, and drives a small
-application instrumented with the OpenTelemetry SDK through it (traces, metrics and logs over
-OTLP/HTTP and OTLP/gRPC), printing what was accepted and where it landed, until interrupted
-(or for DEMO_SECONDS seconds). It stops the gateway it started; `make services-down` stops the rest.
+Creates the signing keys and topics, issues a demo API key, starts a gateway and a fused
+validate+scrub+dedup worker, and drives a small application instrumented with the OpenTelemetry SDK
+through them (traces, metrics and logs over OTLP/HTTP and OTLP/gRPC; a planted e-mail address to
+scrub; every span sent twice, over HTTP and over gRPC, for dedup to catch), printing what reached
+each topic, until interrupted (or for DEMO_SECONDS seconds). It stops the processes it started;
+`make services-down` stops the services.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from schemas.envelope import Signal
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = os.environ.get("CONFIG", str(ROOT / "config" / "rampart.example.yaml"))
-LOG = ROOT / ".cache" / "logs" / "gateway.log"
+LOGS = ROOT / ".cache" / "logs"
 
 
 def say(text: str) -> None:
@@ -65,26 +67,32 @@ def main() -> int:
     key, token = registry.create("demo", list(Signal), "make demo")
     say(f"issued API key {key.key_id} for tenant 'demo' (all signals)")
 
-    LOG.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOG, "ab") as log:
-        gateway = subprocess.Popen([sys.executable, "-m", "rampart.cli", "--config", CONFIG, "gateway"],
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        wait_ready(config.gateway.admin_listen, gateway)
-        say(f"gateway running (pid {gateway.pid}, log {LOG})")
+        for name, args, admin in (
+                ("gateway", ["gateway"], config.gateway.admin_listen),
+                ("worker", ["worker", "--stages", ",".join(config.stages.pipeline)], config.stages.admin_listen)):
+            with open(LOGS / f"demo-{name}.log", "ab") as log:
+                process = subprocess.Popen([sys.executable, "-m", "rampart.cli", "--config", CONFIG, *args],
+                                           stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            started.append(process)
+            wait_ready(name, admin, process)
+            say(f"{name} running (pid {process.pid}, log {LOGS / f'demo-{name}.log'})")
         run_app(config, token)
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
-        say("gateway stopped; stop the services with: make services-down")
+        for process in reversed(started):
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+        say("stopped the gateway and the worker; stop the services with: make services-down")
     return 0
 
 
-def wait_ready(admin_listen: str, gateway: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+def wait_ready(name: str, admin_listen: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if gateway.poll() is not None:
-            raise SystemExit(f"[demo] the gateway exited with {gateway.returncode}; see {LOG}")
+        if process.poll() is not None:
+            raise SystemExit(f"[demo] the {name} exited with {process.returncode}; see {LOGS / f'demo-{name}.log'}")
         try:
             with urllib.request.urlopen(f"http://{admin_listen}/readyz", timeout=1) as resp:
                 if resp.status == 200:
@@ -92,7 +100,7 @@ def wait_ready(admin_listen: str, gateway: subprocess.Popen[bytes]) -> None:
         except OSError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"[demo] the gateway did not become ready in 30 s; see {LOG}")
+    raise SystemExit(f"[demo] the {name} did not become ready in 60 s; see {LOGS / f'demo-{name}.log'}")
 
 
 def run_app(config: RampartConfig, token: str) -> None:
@@ -120,8 +128,10 @@ def run_app(config: RampartConfig, token: str) -> None:
     print(f"  API key    {token}")
     print("  try:       OTEL_EXPORTER_OTLP_ENDPOINT=http://" + http_listen +
           f" OTEL_EXPORTER_OTLP_HEADERS='authorization=Bearer%20{token}' <your app>")
-    print(f"  metrics    http://{config.gateway.admin_listen}/metrics   Jaeger UI http://127.0.0.1:16686 "
-          "(sinks not built yet)\n")
+    print(f"  metrics    gateway http://{config.gateway.admin_listen}/metrics   worker "
+          f"http://{config.stages.admin_listen}/metrics")
+    print("  not yet:   sinks (Jaeger http://127.0.0.1:16686 and Prometheus http://127.0.0.1:9090 are running, "
+          "nothing exports to them yet)\n")
 
     seconds = float(os.environ.get("DEMO_SECONDS", "0")) or None
     started, rng = time.monotonic(), random.Random(7)
@@ -138,14 +148,29 @@ def run_app(config: RampartConfig, token: str) -> None:
                     orders.add(1, {"region": rng.choice(["eu", "us"])})
                     logger.emit(body=f"order placed in {duration * 1000:.0f} ms", severity_number=SeverityNumber.INFO)
             time.sleep(2)
-            print(f"[demo] {time.monotonic() - started:5.0f}s  envelopes in Kafka: "
-                  + ", ".join(f"{s.value} {records(config, topics.raw(s))}" for s in Signal), flush=True)
+            counts = {kind: sum(records(config, getattr(topics, kind)(s)) for s in Signal)
+                      for kind in ("raw", "clean", "rejected", "quarantine")}
+            print(f"[demo] {time.monotonic() - started:5.0f}s  batches  raw {counts['raw']}  clean {counts['clean']}  "
+                  f"rejected {counts['rejected']}  quarantined {counts['quarantine']}   "
+                  f"scrub matches {metric(config.stages.admin_listen, 'rampart_stage_processor_events_total')}",
+                  flush=True)
     except KeyboardInterrupt:
         print()
     finally:
         tracer_provider.shutdown()
         meter_provider.shutdown()
         logger_provider.shutdown()
+
+
+def metric(admin_listen: str, name: str) -> int:
+    """The sum of a counter over its labels, read from a process's /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://{admin_listen}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") and 'processor="scrub"' in line and "screened" not in line))
 
 
 def records(config: RampartConfig, topic: str) -> int:
