@@ -1,10 +1,9 @@
-"""The stage runtime: faust-streaming agents around a :class:`StageChain`.
+"""The stage runtime: a consumer group (rampart/streaming.py, on faust-streaming) around a
+:class:`StageChain`, one group per stage or fused run of stages, so each scales by adding processes.
 
-faust-streaming owns consumption: the consumer group (one per stage or fused run of stages, so each
-scales by adding processes), partition assignment and rebalancing, and offset commits. An event
-counts as processed only when the agent has finished with it, and faust commits only offsets whose
-every predecessor is processed, so the rule "commit only after every output is acknowledged"
-holds by awaiting Kafka's acknowledgement of all of a record's outputs inside the agent.
+"Commit only after every output is acknowledged" holds because a record's handler returns only
+once Kafka has acknowledged all of its outputs, and the group commits only records whose handler
+returned.
 
 Outputs go through Rampart's own confluent-kafka producer (idempotent, acks=all, the same size
 limits as the gateway) rather than faust's, whose aiokafka producer is not idempotent.
@@ -20,20 +19,18 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import faust
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from processors.base import ProcessorUnavailable
 from processors.chain import ChainOutcome, StageChain
 from processors.registry import build
-from rampart.admin import build_admin_app, split_listen
 from rampart.config import RampartConfig
 from rampart.kafka import admin_client
 from rampart.keyring import KeyringError, load_keyring
 from rampart.publisher import Publisher, PublishError
+from rampart.streaming import ConsumerSpec, run_consumer
 from rampart.topics import TopicNames
 from schemas.envelope import Signal
 
@@ -218,9 +215,11 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
                        output_partitions=partitions.__getitem__, instance=f"{socket.gethostname()}-{os.getpid()}")
     registry = CollectorRegistry()
     worker = _Worker(config, chain, plan, StageMetrics.create(registry), registry)
-    app = _faust_app(config, plan, worker, signals)
-    faust.Worker(app, loglevel=config.logging.level.lower().replace("warning", "warn"), quiet=True,
-                 redirect_stdouts=False).execute_from_commandline()
+    spec = ConsumerSpec(plan.group_id, {s: plan.input[s] for s in signals}, config.stages.concurrency,
+                        config.stages.session_timeout_s, config.stages.admin_listen)
+    log.info("worker %s writes %s", worker.stage, ", ".join(plan.output[s] for s in signals))
+    run_consumer(config, spec, worker.handle, registry, worker.ready, worker.publisher_started,
+                 lambda: worker.metrics.kafka_reachable.set(1 if worker.ready() else 0))
 
 
 def _partition_counts(config: RampartConfig, plan: TopicPlan) -> dict[Signal, int]:
@@ -232,48 +231,3 @@ def _partition_counts(config: RampartConfig, plan: TopicPlan) -> dict[Signal, in
             raise WorkerSetupError(f"output topic {topic} does not exist: run `rampart topics create`")
         counts[signal] = len(found.partitions)
     return counts
-
-
-def _faust_app(config: RampartConfig, plan: TopicPlan, worker: _Worker, signals: list[Signal]) -> faust.App:
-    servers = [f"kafka://{server.strip()}" for server in config.kafka.bootstrap_servers.split(",")]
-    app = faust.App(
-        plan.group_id, broker=servers, web_enabled=False, topic_allow_declare=False, topic_disable_leader=True,
-        value_serializer="raw", key_serializer="raw", consumer_auto_offset_reset="earliest",
-        consumer_max_fetch_size=config.kafka.max_message_bytes,
-        producer_max_request_size=config.kafka.max_message_bytes,
-        broker_commit_interval=1.0, stream_wait_empty=True,
-        broker_session_timeout=config.stages.session_timeout_s,
-        broker_heartbeat_interval=max(1.0, config.stages.session_timeout_s / 10),
-        datadir=f"/tmp/rampart-faust-{os.getpid()}",  # noqa: S108 - faust wants one; nothing is stored there
-    )
-    for signal in signals:
-        topic = app.topic(plan.input[signal], value_type=bytes, value_serializer="raw", key_serializer="raw")
-        app.agent(topic, name=f"{plan.group_id}.{signal.value}", concurrency=config.stages.concurrency)(
-            _agent(worker, signal))
-
-    async def admin() -> None:
-        worker.publisher_started()
-        runner = web.AppRunner(build_admin_app(worker.registry, worker.ready), access_log=None,
-                               handle_signals=False)
-        await runner.setup()
-        host, port = split_listen(config.stages.admin_listen)
-        await web.TCPSite(runner, host, port).start()
-        log.info("worker %s: reading %s, writing %s, admin %s", worker.stage,
-                 ", ".join(plan.input[s] for s in signals), ", ".join(plan.output[s] for s in signals),
-                 config.stages.admin_listen)
-        while True:
-            await asyncio.sleep(2)
-            worker.metrics.kafka_reachable.set(1 if worker.ready() else 0)
-
-    app.task(admin)
-    return app
-
-
-def _agent(worker: _Worker, signal: Signal) -> Any:
-    async def agent(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            await worker.handle(signal, message.value, message.key,
-                                f"{message.topic}/{message.partition}/{message.offset}")
-
-    return agent
