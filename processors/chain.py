@@ -1,7 +1,7 @@
 """One stage's work on one Kafka record, independent of how records are consumed.
 
 verify -> decode once -> run the processors -> encode once -> sign -> the records to produce.
-Everything that leaves a stage is described here as :class:`OutRecord`: the output envelope(s),
+Everything that leaves a stage is described here as a :class:`rampart.publisher.Record`: the output envelope(s),
 reject records for dropped items, a quarantine record for a message that cannot be trusted or read,
 and audit events. The runtime produces them all and commits the input only once Kafka has
 acknowledged every one.
@@ -22,10 +22,11 @@ from processors.base import Batch, Drop, Processor
 from processors.otlp import ItemRef, OtlpDecodeError, decode_payload, prune_empty, remove, subset, walk
 from rampart.audit import audit_record
 from rampart.keyring import KeyRing, SignatureError
+from rampart.publisher import Record
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, PayloadFormat, Signal, decode, encode
 
-__all__ = ["ChainOutcome", "Keying", "OutRecord", "StageChain"]
+__all__ = ["ChainOutcome", "Keying", "StageChain"]
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,9 @@ Keying = str  # "gateway" | "trace_id" | "tenant_service"
 _MAX_DETAIL = 500
 
 
-@dataclass(frozen=True)
-class OutRecord:
-    topic: str
-    value: bytes
-    key: bytes | None = None
-    partition: int | None = None
-    headers: list[tuple[str, bytes]] | None = None
-
-
 @dataclass
 class ChainOutcome:
-    records: list[OutRecord] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     quarantine_reason: str | None = None
     items_in: int = 0
     items_out: int = 0
@@ -106,7 +98,7 @@ class StageChain:
 
     # ------------------------------------------------------------ outputs
 
-    def _outputs(self, envelope: Envelope, request: Message, key: bytes | None) -> list[OutRecord]:
+    def _outputs(self, envelope: Envelope, request: Message, key: bytes | None) -> list[Record]:
         signal = envelope.signal
         topic = self._output_topic(signal)
         if self._keying == "trace_id" and signal is Signal.TRACES:
@@ -133,14 +125,14 @@ class StageChain:
         return [self._record(topic, envelope, request, "", key, None)]
 
     def _record(self, topic: str, envelope: Envelope, request: Message, part: str, key: bytes | None,
-                partition: int | None) -> OutRecord:
+                partition: int | None) -> Record:
         # A part's batch id is derived, not random: a redelivered input yields the same ids, which
         # is what lets dedup recognise a redelivery as itself.
         batch_id = str(uuid.uuid5(uuid.UUID(int=0), f"{envelope.batch_id}/{part}")) if part else envelope.batch_id
         out = replace(envelope, batch_id=batch_id, payload=request.SerializeToString(),
                       payload_format=PayloadFormat.OTLP_PROTO, stages=(*envelope.stages, *self.names),
                       key_id="", signature=b"")
-        return OutRecord(topic, encode(self._keyring.sign(out)), key, partition)
+        return Record(topic, encode(self._keyring.sign(out)), key, partition)
 
     def _reject(self, outcome: ChainOutcome, envelope: Envelope, processor: str, drops: list[Drop]) -> None:
         by_reason: dict[str, list[Drop]] = {}
@@ -157,7 +149,7 @@ class StageChain:
                                payload=subset(signal, [d.ref for d in group]).SerializeToString(),
                                payload_format=PayloadFormat.OTLP_PROTO, attributes=attributes,
                                stages=(*envelope.stages, processor), key_id="", signature=b"")
-            outcome.records.append(OutRecord(self._topics.rejected(signal), encode(self._keyring.sign(rejected)),
+            outcome.records.append(Record(self._topics.rejected(signal), encode(self._keyring.sign(rejected)),
                                              envelope.tenant.encode()))
 
     def _quarantine(self, outcome: ChainOutcome, signal: Signal, value: bytes, key: bytes | None, source: str,
@@ -167,15 +159,15 @@ class StageChain:
                    ("rampart.quarantine.detail", detail[:_MAX_DETAIL].encode()),
                    ("rampart.quarantine.stage", self._component.encode()),
                    ("rampart.quarantine.source", source.encode())]
-        outcome.records.append(OutRecord(self._topics.quarantine(signal), value, key, None, headers))
+        outcome.records.append(Record(self._topics.quarantine(signal), value, key, None, headers))
         record = audit_record("quarantined", self._component, self._instance, reason=reason,
                               detail=detail[:_MAX_DETAIL], signal=signal.value, source=source)
-        outcome.records.append(OutRecord(self._topics.audit(), json.dumps(record, sort_keys=True).encode()))
+        outcome.records.append(Record(self._topics.audit(), json.dumps(record, sort_keys=True).encode()))
         log.warning("quarantined a record from %s: %s", source, reason)
 
     def _audit(self, outcome: ChainOutcome, event: str, envelope: Envelope, **fields: str) -> None:
         record = audit_record(event, self._component, self._instance, envelope.tenant, envelope.principal, **fields)
-        outcome.records.append(OutRecord(self._topics.audit(), json.dumps(record, sort_keys=True).encode(),
+        outcome.records.append(Record(self._topics.audit(), json.dumps(record, sort_keys=True).encode(),
                                          envelope.tenant.encode()))
 
 

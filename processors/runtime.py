@@ -29,7 +29,7 @@ from processors.registry import build
 from rampart.config import RampartConfig
 from rampart.kafka import admin_client
 from rampart.keyring import KeyringError, load_keyring
-from rampart.publisher import Publisher, PublishError
+from rampart.publisher import Publisher, PublishError, publish_until_acknowledged
 from rampart.streaming import ConsumerSpec, run_consumer
 from rampart.topics import TopicNames
 from schemas.envelope import Signal
@@ -171,21 +171,18 @@ class _Worker:
         while True:
             try:
                 outcome = self.chain.handle(signal, value, key, source)
-                publisher = self.publisher_started()
-                await asyncio.gather(*(publisher.publish(r.topic, r.key, r.value, r.partition, r.headers)
-                                       for r in outcome.records))
                 break
             except ProcessorUnavailable as exc:
-                cause = "state_store"
                 log.warning("retrying %s: %s", source, exc)
-            except PublishError as exc:
-                cause = "kafka"
-                log.warning("retrying %s: outputs not acknowledged (%s)", source, exc)
-            self.metrics.retries.labels(self.stage, cause).inc()
-            delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not secrecy
-            attempt += 1
+                self.metrics.retries.labels(self.stage, "state_store").inc()
+                await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)] * (0.5 + random.random()))  # noqa: S311
+                attempt += 1
+        await publish_until_acknowledged(self.publisher_started(), outcome.records, self._kafka_retry)
         self.metrics.observe(self.stage, signal, outcome, time.perf_counter() - started)
+
+    def _kafka_retry(self, exc: PublishError) -> None:
+        log.warning("outputs not acknowledged, retrying: %s", exc)
+        self.metrics.retries.labels(self.stage, "kafka").inc()
 
     def ready(self) -> bool:
         return self.publisher is not None and self.publisher.kafka_reachable

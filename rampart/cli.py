@@ -34,6 +34,8 @@ from rampart.logs import setup_logging
 from rampart.settings import redacted
 from rampart.topics import TopicNames, create_topics
 from schemas.envelope import Signal
+from sinks.otlp import SinkSetupError
+from sinks.runtime import run_sink
 
 __all__ = ["main"]
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    long_running = args.handler in (_gateway, _worker)
+    long_running = args.handler in (_gateway, _worker, _sink)
     setup_logging(config.logging if long_running else LoggingConfig(level="WARNING", format="text"))
     handler: Handler = args.handler
     return handler(args, config, env)
@@ -143,19 +145,16 @@ def _build_parser() -> argparse.ArgumentParser:
                         "(with --input)")
     worker.set_defaults(handler=_worker)
 
-    for role, text in (("sink", "run an exporter to Jaeger, Prometheus or an OTLP backend"),):
-        stub = sub.add_parser(role, help=f"{text} (not yet implemented)",
-                              description=f"{text}. Not implemented in this version of Rampart.")
-        stub.set_defaults(handler=_not_implemented(role))
+    sink = sub.add_parser(
+        "sink", help="export the clean topics to a backend (otlp: Jaeger or any OTLP/HTTP receiver)",
+        description="Consume the clean topics as consumer group <prefix>.sink.<name>, verify every envelope, "
+                    "put the tenant on every resource and export to the backend, retrying with backoff "
+                    "(honouring Retry-After, with a circuit breaker) until it accepts; batches it refuses for "
+                    "good go to <prefix>.dlq.<name> with its answer. Offsets are committed only then. "
+                    "Configured under sinks: in the config file.")
+    sink.add_argument("name", choices=["otlp"], help="which sink to run")
+    sink.set_defaults(handler=_sink)
     return parser
-
-
-def _not_implemented(role: str) -> Handler:
-    def handler(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
-        print(f"rampart {role}: not implemented in this version of Rampart", file=sys.stderr)
-        return EXIT_FAILURE
-
-    return handler
 
 
 def _gateway(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
@@ -181,6 +180,15 @@ def _worker(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, s
         run_worker(config, env, stages, signals, args.input, args.output)
     except (WorkerSetupError, ScrubSetupError) as exc:
         print(f"rampart worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _sink(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        run_sink(config, env, args.name)
+    except SinkSetupError as exc:
+        print(f"rampart sink: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 

@@ -38,6 +38,7 @@ __all__ = [
     "RateLimitConfig",
     "RedisConfig",
     "ScrubConfig",
+    "SinksConfig",
     "StagesConfig",
     "TlsConfig",
     "TopicsConfig",
@@ -256,6 +257,43 @@ class StagesConfig:
 
 
 @dataclass(frozen=True)
+class OtlpSinkConfig:
+    """An OTLP/HTTP (protobuf) backend: Jaeger v2, an OpenTelemetry Collector, any OTLP receiver."""
+
+    # Base URL; /v1/traces, /v1/metrics or /v1/logs is appended.
+    endpoint: str = "http://127.0.0.1:14318"
+    # Which clean topics this sink exports (Jaeger takes traces only).
+    signals: tuple[str, ...] = ("traces",)
+    headers: dict[str, str] = field(default_factory=dict)
+    # Header name -> environment variable holding its value (credentials stay out of the config).
+    headers_from_env: dict[str, str] = field(default_factory=dict)
+    # The tenant travels as this resource attribute (overwriting whatever the data said) ...
+    tenant_attribute: str = "tenant.id"
+    # ... and, when set, as this request header too (e.g. X-Scope-OrgID for multi-tenant backends).
+    tenant_header: str | None = None
+    ca_file: str | None = path_field()
+    compression: Literal["gzip", "none"] = "gzip"
+    timeout_s: float = bounded(10.0, min=0.1, max=600.0)
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    # /metrics, /healthz, /readyz of a sink process.
+    admin_listen: str = matching("127.0.0.1:9466", _LISTEN, _LISTEN_HINT)
+    # Batches exported at once per signal in one sink process.
+    concurrency: int = bounded(4, min=1, max=256)
+    # Retryable failures back off exponentially (with jitter) from initial to max, honouring Retry-After.
+    initial_backoff_s: float = bounded(0.5, min=0.01, max=60.0)
+    max_backoff_s: float = bounded(30.0, min=0.1, max=3600.0)
+    # After this many failures in a row the circuit opens: no calls to the backend for circuit_open_s,
+    # then one probe.
+    circuit_failure_threshold: int = bounded(5, min=1, max=1000)
+    circuit_open_s: float = bounded(10.0, min=0.1, max=3600.0)
+    session_timeout_s: float = bounded(30.0, min=6.0, max=1800.0)
+    otlp: OtlpSinkConfig = field(default_factory=OtlpSinkConfig)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -272,6 +310,7 @@ class RampartConfig:
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Where this config was read from; relative paths inside it are resolved against its folder.
     source: str = internal_field("<defaults>")

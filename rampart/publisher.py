@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -19,11 +22,23 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rampart.config import KafkaConfig
 from rampart.kafka import producer_properties
 
-__all__ = ["PublishError", "Publisher", "RecordTooLarge"]
+__all__ = ["PublishError", "Publisher", "Record", "RecordTooLarge", "publish_until_acknowledged"]
 
 log = logging.getLogger(__name__)
 
 _HEALTH_CHECK_INTERVAL_S = 5.0
+_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record to produce."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
 
 
 class PublishError(Exception):
@@ -115,6 +130,22 @@ class Publisher:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self.kafka_reachable = False
         log.warning("Kafka client error: %s", err.name())
+
+
+async def publish_until_acknowledged(publisher: Publisher, records: list[Record],
+                                     on_retry: Callable[[PublishError], None]) -> None:
+    """Produce all ``records`` and wait for Kafka to acknowledge every one, retrying with backoff for as
+    long as it takes: a consumer calls this before letting its input be committed."""
+    attempt = 0
+    while True:
+        try:
+            await asyncio.gather(*(publisher.publish(r.topic, r.key, r.value, r.partition, r.headers) for r in records))
+            return
+        except PublishError as exc:
+            on_retry(exc)
+            delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not secrecy
+            attempt += 1
 
 
 def _resolve(future: asyncio.Future[Any], err: KafkaError | None) -> None:

@@ -107,6 +107,12 @@ class Deployment:
         process.start()
         return process
 
+    def start_sink(self, name: str = "otlp", **overrides: str) -> SinkProcess:
+        process = SinkProcess(self, name, overrides)
+        self.processes.append(process)
+        process.start()
+        return process
+
     def stop_all(self) -> None:
         """Stop the gateways and delete the deployment's topics, so runs do not fill the broker's disk."""
         for process in self.processes:
@@ -226,6 +232,14 @@ class WorkerProcess(RampartProcess):
         super().__init__(deployment, ["worker", "--stages", stages], env, admin_port)
 
 
+class SinkProcess(RampartProcess):
+    def __init__(self, deployment: Deployment, name: str, overrides: Mapping[str, str]) -> None:
+        admin_port = free_port()
+        env = deployment.env(RAMPART__SINKS__ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
+                             RAMPART__KEYRING__SIGNING_KEY_ID="worker-1", **overrides)
+        super().__init__(deployment, ["sink", name], env, admin_port)
+
+
 class GatewayProcess(RampartProcess):
     def __init__(self, deployment: Deployment, overrides: Mapping[str, str]) -> None:
         self.http_port, self.grpc_port, admin_port = free_port(), free_port(), free_port()
@@ -266,5 +280,5 @@ def deployments(kafka_bootstrap: str, redis_url: str, prefix: str, tmp: Path) ->
         deployment.stop_all()
 
 
-__all__ = ["Deployment", "GatewayProcess", "WorkerProcess", "deployments", "free_port", "generate_key", "post",
+__all__ = ["Deployment", "GatewayProcess", "SinkProcess", "WorkerProcess", "deployments", "free_port", "generate_key", "post",
            "read_topic"]

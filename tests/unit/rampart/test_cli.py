@@ -22,10 +22,10 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert out.startswith("usage: rampart") and len(out.splitlines()) > 3
 
 
-@pytest.mark.parametrize("role", ["sink"])
-def test_unimplemented_roles_say_so_and_fail(role: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([role], env={}) == 1
-    assert "not implemented" in capsys.readouterr().err
+def test_sink_needs_a_known_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["sink", "kafka"], env={})
+    assert info.value.code == 2 and "invalid choice: 'kafka'" in capsys.readouterr().err
 
 
 def test_config_error_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

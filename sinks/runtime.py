@@ -1,0 +1,188 @@
+"""The sink runtime: a consumer group per sink on the clean topics (rampart/streaming.py).
+
+Per record: verify the envelope (anything unverifiable goes to quarantine, as in every stage), put
+the tenant on every resource, export through the shared retry engine, and return only when the
+backend accepted the batch or the batch sits in ``<prefix>.dlq.<sink>`` with the backend's answer.
+Only then may the record be committed: at-least-once delivery to the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from processors.otlp import OtlpDecodeError, decode_payload, resources, walk
+from rampart.audit import audit_record
+from rampart.config import RampartConfig
+from rampart.keyring import KeyRing, KeyringError, SignatureError, load_keyring
+from rampart.publisher import Publisher, PublishError, Record, publish_until_acknowledged
+from rampart.streaming import ConsumerSpec, run_consumer
+from rampart.topics import TopicNames
+from schemas.envelope import Envelope, EnvelopeError, Signal, decode
+from sinks.base import ExportError, ExportRequest, PermanentExportError, Sink
+from sinks.otlp import OtlpHttpSink, SinkSetupError
+from sinks.retry import CircuitBreaker, RetryPolicy, deliver
+
+__all__ = ["SinkMetrics", "build_sink", "run_sink"]
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SINKS = {"otlp": OtlpHttpSink}
+
+
+class SinkMetrics(NamedTuple):
+    batches: Counter
+    items: Counter
+    retries: Counter
+    circuit_open: Gauge
+    export_seconds: Histogram
+    end_to_end_seconds: Histogram
+    kafka_reachable: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SinkMetrics:
+        return cls(
+            batches=Counter("rampart_sink_batches", "Batches by outcome: exported, dead_lettered (refused for "
+                            "good, in the DLQ topic), quarantined (failed verification).",
+                            ["sink", "signal", "outcome"], registry=registry),
+            items=Counter("rampart_sink_exported_items", "Spans, metric points or log records the backend "
+                          "accepted.", ["sink", "signal"], registry=registry),
+            retries=Counter("rampart_sink_retries", "Export attempts that failed retryably and were retried.",
+                            ["sink", "signal"], registry=registry),
+            circuit_open=Gauge("rampart_sink_circuit_open", "1 while the circuit breaker keeps calls away from "
+                               "a failing backend.", ["sink"], registry=registry),
+            export_seconds=Histogram("rampart_sink_export_seconds", "From first attempt to acceptance "
+                                     "(retries included).", ["sink", "signal"], buckets=_LATENCY_BUCKETS_S,
+                                     registry=registry),
+            end_to_end_seconds=Histogram("rampart_sink_end_to_end_seconds", "From the gateway's receipt of the "
+                                         "request to the backend's acceptance.", ["sink", "signal"],
+                                         buckets=_LATENCY_BUCKETS_S, registry=registry),
+            kafka_reachable=Gauge("rampart_sink_kafka_reachable", "1 while this sink's producer reaches Kafka.",
+                                  registry=registry),
+        )
+
+
+def build_sink(name: str, config: RampartConfig, env: Mapping[str, str]) -> Sink:
+    if name not in SINKS:
+        raise SinkSetupError(f"unknown sink {name!r} (known: {', '.join(sorted(SINKS))})")
+    return SINKS[name](config.sinks.otlp, env)
+
+
+class _SinkWorker:
+    def __init__(self, config: RampartConfig, sink: Sink, keyring: KeyRing, registry: CollectorRegistry) -> None:
+        self._config = config
+        self._sink = sink
+        self._keyring = keyring
+        self._topics = TopicNames(config.topics.prefix)
+        self._instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.registry = registry
+        self.metrics = SinkMetrics.create(registry)
+        self._policy = RetryPolicy(config.sinks.initial_backoff_s, config.sinks.max_backoff_s)
+        self._breaker = CircuitBreaker(config.sinks.circuit_failure_threshold, config.sinks.circuit_open_s)
+        self.publisher: Publisher | None = None
+
+    def publisher_started(self) -> Publisher:
+        if self.publisher is None:
+            self.publisher = Publisher(self._config.kafka, f"rampart-sink-{self._sink.name}-{os.getpid()}",
+                                       asyncio.get_running_loop(), ack_timeout_s=30.0)
+        return self.publisher
+
+    def ready(self) -> bool:
+        return self.publisher is not None and self.publisher.kafka_reachable
+
+    def tick(self) -> None:
+        self.metrics.circuit_open.labels(self._sink.name).set(1 if self._breaker.is_open else 0)
+        self.metrics.kafka_reachable.set(1 if self.ready() else 0)
+
+    async def handle(self, signal: Signal, value: bytes, key: bytes | None, source: str) -> None:
+        name = self._sink.name
+        try:
+            envelope = decode(value)
+            self._keyring.verify(envelope)
+            request = self._export_request(signal, envelope)
+        except (EnvelopeError, SignatureError, OtlpDecodeError) as exc:
+            reason = getattr(exc, "reason", "malformed_envelope")
+            await self._publish(self._quarantine(signal, value, key, source, reason, str(exc)))
+            self.metrics.batches.labels(name, signal.value, "quarantined").inc()
+            return
+        started = time.perf_counter()
+        try:
+            await deliver(self._sink, request, self._policy, self._breaker, self._on_retry(signal))
+        except PermanentExportError as exc:
+            log.warning("%s refused batch %s for good: %s", name, envelope.batch_id, exc)
+            await self._publish(self._dead_letter(value, key, source, exc))
+            self.metrics.batches.labels(name, signal.value, "dead_lettered").inc()
+            return
+        self.metrics.batches.labels(name, signal.value, "exported").inc()
+        self.metrics.items.labels(name, signal.value).inc(request.items)
+        self.metrics.export_seconds.labels(name, signal.value).observe(time.perf_counter() - started)
+        self.metrics.end_to_end_seconds.labels(name, signal.value).observe(
+            max(0.0, (time.time_ns() - envelope.received_at_ns) / 1e9))
+
+    def _export_request(self, signal: Signal, envelope: Envelope) -> ExportRequest:
+        """The envelope's payload with the tenant set on every resource (whatever the data claimed)."""
+        request = decode_payload(signal, envelope.payload_format, envelope.payload)
+        attribute = self._config.sinks.otlp.tenant_attribute
+        for resource in resources(request, signal):
+            attributes = resource.resource.attributes
+            for i in range(len(attributes) - 1, -1, -1):
+                if attributes[i].key == attribute:
+                    del attributes[i]
+            attributes.add(key=attribute).value.string_value = envelope.tenant
+        return ExportRequest(signal, envelope.tenant, request.SerializeToString(),
+                             sum(1 for _ in walk(request, signal)), envelope.batch_id)
+
+    def _on_retry(self, signal: Signal) -> Callable[[ExportError, float], None]:
+        def note(exc: ExportError, delay: float) -> None:
+            self.metrics.retries.labels(self._sink.name, signal.value).inc()
+            log.warning("%s export failed (%s); retrying in %.1fs", self._sink.name, exc, delay)
+        return note
+
+    def _dead_letter(self, value: bytes, key: bytes | None, source: str, exc: ExportError) -> list[Record]:
+        headers = [("rampart.dlq.sink", self._sink.name.encode()), ("rampart.dlq.reason", str(exc)[:500].encode()),
+                   ("rampart.dlq.answer", exc.answer[:500].encode()), ("rampart.dlq.source", source.encode())]
+        return [Record(self._topics.dlq(self._sink.name), value, key, None, headers)]
+
+    def _quarantine(self, signal: Signal, value: bytes, key: bytes | None, source: str, reason: str,
+                    detail: str) -> list[Record]:
+        headers = [("rampart.quarantine.reason", reason.encode()), ("rampart.quarantine.detail", detail[:500].encode()),
+                   ("rampart.quarantine.stage", f"sink.{self._sink.name}".encode()),
+                   ("rampart.quarantine.source", source.encode())]
+        event = audit_record("quarantined", f"sink.{self._sink.name}", self._instance, reason=reason,
+                             detail=detail[:500], signal=signal.value, source=source)
+        return [Record(self._topics.quarantine(signal), value, key, None, headers),
+                Record(self._topics.audit(), json.dumps(event, sort_keys=True).encode())]
+
+    async def _publish(self, records: list[Record]) -> None:
+        def note(exc: PublishError) -> None:
+            log.warning("%s: Kafka did not acknowledge, retrying: %s", self._sink.name, exc)
+
+        await publish_until_acknowledged(self.publisher_started(), records, note)
+
+
+def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
+    """Run sink ``name`` as consumer group ``<prefix>.sink.<name>`` until SIGTERM/SIGINT."""
+    try:
+        keyring = load_keyring(config.keyring, env)
+    except KeyringError as exc:
+        raise SinkSetupError(str(exc)) from None
+    sink = build_sink(name, config, env)
+    try:
+        signals = [Signal(s) for s in config.sinks.otlp.signals]
+    except ValueError:
+        raise SinkSetupError(f"sinks.otlp.signals: {config.sinks.otlp.signals} (signals are traces, metrics, "
+                             "logs)") from None
+    topics = TopicNames(config.topics.prefix)
+    worker = _SinkWorker(config, sink, keyring, CollectorRegistry())
+    spec = ConsumerSpec(f"{config.topics.prefix}.sink.{name}", {s: topics.clean(s) for s in signals},
+                        config.sinks.concurrency, config.sinks.session_timeout_s, config.sinks.admin_listen)
+    run_consumer(config, spec, worker.handle, worker.registry, worker.ready, worker.publisher_started, worker.tick)
