@@ -35,6 +35,7 @@ from rampart.settings import redacted
 from rampart.topics import TopicNames, create_topics
 from schemas.envelope import Signal
 from sinks.otlp import SinkSetupError
+from sinks.replay import replay
 from sinks.runtime import run_sink
 
 __all__ = ["main"]
@@ -105,6 +106,13 @@ def _build_parser() -> argparse.ArgumentParser:
     klist = keys_sub.add_parser("list", help="list key ids, their roles and fingerprints (never the keys)")
     klist.set_defaults(handler=_keys_list)
 
+    _add_gateway(sub)
+    _add_pipeline_roles(sub)
+    return parser
+
+
+def _add_gateway(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The gateway and the management of its API keys."""
     gateway = sub.add_parser(
         "gateway", help="run an OTLP/HTTP + OTLP/gRPC ingest gateway",
         description="Accept OTLP over HTTP (gateway.http_listen, default 127.0.0.1:4318) and gRPC "
@@ -112,7 +120,10 @@ def _build_parser() -> argparse.ArgumentParser:
                     "rate-limit its tenant, sign the batch and answer only once Kafka holds it. Serves "
                     "/metrics, /healthz and /readyz on gateway.admin_listen. Stops cleanly on SIGTERM.")
     gateway.set_defaults(handler=_gateway)
+    _add_apikeys(sub)
 
+
+def _add_apikeys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     apikeys = sub.add_parser("apikeys", help="create, list and revoke ingest API keys")
     apikeys_sub = apikeys.add_subparsers(title="apikeys commands", metavar="ACTION", required=True)
     ak_create = apikeys_sub.add_parser(
@@ -130,6 +141,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ak_revoke.add_argument("key_id", help="the key id shown by `apikeys list`")
     ak_revoke.set_defaults(handler=_apikeys_revoke)
 
+
+def _add_pipeline_roles(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker = sub.add_parser(
         "worker", help="run stream stages (validate, scrub, dedup) as a consumer group",
         description="Consume envelopes, verify their signatures, run the given processors on each batch, "
@@ -154,7 +167,16 @@ def _build_parser() -> argparse.ArgumentParser:
                     "Configured under sinks: in the config file.")
     sink.add_argument("name", choices=["otlp"], help="which sink to run")
     sink.set_defaults(handler=_sink)
-    return parser
+
+    dlq = sub.add_parser("dlq", help="work with a sink's dead-letter topic")
+    dlq_sub = dlq.add_subparsers(title="dlq commands", metavar="ACTION", required=True)
+    dlq_replay = dlq_sub.add_parser(
+        "replay", help="send dead-lettered batches to the backend again",
+        description="Re-export the batches in <prefix>.dlq.<sink> (up to its end when the command starts) "
+                    "through the sink, with the usual retries, committing each once the backend accepts it. "
+                    "A batch refused again stops the replay, so nothing is skipped.")
+    dlq_replay.add_argument("--sink", default="otlp", choices=["otlp"], help="whose DLQ topic to replay")
+    dlq_replay.set_defaults(handler=_dlq_replay)
 
 
 def _gateway(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
@@ -190,6 +212,22 @@ def _sink(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str
     except SinkSetupError as exc:
         print(f"rampart sink: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    return EXIT_OK
+
+
+def _dlq_replay(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        report = replay(config, env, args.sink)
+    except (SinkSetupError, KeyringError) as exc:
+        print(f"rampart dlq replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KafkaException as exc:
+        print(f"rampart dlq replay: Kafka did not answer: {exc.args[0]}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{report.delivered} batches delivered, {report.unreadable} unreadable left in place")
+    if report.refused:
+        print(f"rampart dlq replay: stopped: the backend refused a batch again: {report.refused}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

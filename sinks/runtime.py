@@ -31,7 +31,7 @@ from sinks.base import ExportError, ExportRequest, PermanentExportError, Sink
 from sinks.otlp import OtlpHttpSink, SinkSetupError
 from sinks.retry import CircuitBreaker, RetryPolicy, deliver
 
-__all__ = ["SinkMetrics", "build_sink", "run_sink"]
+__all__ = ["SinkMetrics", "build_sink", "export_request", "run_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,19 @@ class SinkMetrics(NamedTuple):
         )
 
 
+def export_request(signal: Signal, envelope: Envelope, tenant_attribute: str) -> ExportRequest:
+    """The envelope's payload with the tenant set on every resource (whatever the data claimed)."""
+    request = decode_payload(signal, envelope.payload_format, envelope.payload)
+    for resource in resources(request, signal):
+        attributes = resource.resource.attributes
+        for i in range(len(attributes) - 1, -1, -1):
+            if attributes[i].key == tenant_attribute:
+                del attributes[i]
+        attributes.add(key=tenant_attribute).value.string_value = envelope.tenant
+    return ExportRequest(signal, envelope.tenant, request.SerializeToString(),
+                         sum(1 for _ in walk(request, signal)), envelope.batch_id)
+
+
 def build_sink(name: str, config: RampartConfig, env: Mapping[str, str]) -> Sink:
     if name not in SINKS:
         raise SinkSetupError(f"unknown sink {name!r} (known: {', '.join(sorted(SINKS))})")
@@ -108,7 +121,7 @@ class _SinkWorker:
         try:
             envelope = decode(value)
             self._keyring.verify(envelope)
-            request = self._export_request(signal, envelope)
+            request = export_request(signal, envelope, self._config.sinks.otlp.tenant_attribute)
         except (EnvelopeError, SignatureError, OtlpDecodeError) as exc:
             reason = getattr(exc, "reason", "malformed_envelope")
             await self._publish(self._quarantine(signal, value, key, source, reason, str(exc)))
@@ -127,19 +140,6 @@ class _SinkWorker:
         self.metrics.export_seconds.labels(name, signal.value).observe(time.perf_counter() - started)
         self.metrics.end_to_end_seconds.labels(name, signal.value).observe(
             max(0.0, (time.time_ns() - envelope.received_at_ns) / 1e9))
-
-    def _export_request(self, signal: Signal, envelope: Envelope) -> ExportRequest:
-        """The envelope's payload with the tenant set on every resource (whatever the data claimed)."""
-        request = decode_payload(signal, envelope.payload_format, envelope.payload)
-        attribute = self._config.sinks.otlp.tenant_attribute
-        for resource in resources(request, signal):
-            attributes = resource.resource.attributes
-            for i in range(len(attributes) - 1, -1, -1):
-                if attributes[i].key == attribute:
-                    del attributes[i]
-            attributes.add(key=attribute).value.string_value = envelope.tenant
-        return ExportRequest(signal, envelope.tenant, request.SerializeToString(),
-                             sum(1 for _ in walk(request, signal)), envelope.batch_id)
 
     def _on_retry(self, signal: Signal) -> Callable[[ExportError, float], None]:
         def note(exc: ExportError, delay: float) -> None:

@@ -280,5 +280,5 @@ def deployments(kafka_bootstrap: str, redis_url: str, prefix: str, tmp: Path) ->
         deployment.stop_all()
 
 
-__all__ = ["Deployment", "GatewayProcess", "SinkProcess", "WorkerProcess", "deployments", "free_port", "generate_key", "post",
-           "read_topic"]
+__all__ = ["Deployment", "GatewayProcess", "SinkProcess", "WorkerProcess", "deployments", "free_port",
+           "generate_key", "post", "read_topic"]

@@ -10,7 +10,7 @@ from rampart.cli import main
 
 COMMANDS = [[], ["config"], ["config", "check"], ["topics"], ["topics", "create"], ["topics", "list"], ["keys"],
             ["keys", "generate"], ["keys", "list"], ["gateway"], ["apikeys"], ["apikeys", "create"],
-            ["apikeys", "list"], ["apikeys", "revoke"], ["worker"], ["sink"]]
+            ["apikeys", "list"], ["apikeys", "revoke"], ["worker"], ["sink"], ["dlq"], ["dlq", "replay"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "rampart")
