@@ -1,11 +1,11 @@
 """`make demo`: the main job as far as Rampart is built today.
 
-Creates the signing keys and topics, issues a demo API key, starts a gateway and a fused
-validate+scrub+dedup worker, and drives a small application instrumented with the OpenTelemetry SDK
-through them (traces, metrics and logs over OTLP/HTTP and OTLP/gRPC; a planted e-mail address to
-scrub; every span sent twice, over HTTP and over gRPC, for dedup to catch), printing what reached
-each topic, until interrupted (or for DEMO_SECONDS seconds). It stops the processes it started;
-`make services-down` stops the services.
+Creates the signing keys and topics, issues a demo API key, starts a gateway, a fused
+validate+scrub+dedup worker and the OTLP sink into Jaeger, and drives a small application
+instrumented with the OpenTelemetry SDK through them (traces, metrics and logs over OTLP/HTTP and
+OTLP/gRPC; a planted e-mail address to scrub; every span sent twice, over HTTP and over gRPC, for
+dedup to catch), printing what reached each topic and Jaeger, until interrupted (or for
+DEMO_SECONDS seconds). It stops the processes it started; `make services-down` stops the services.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def main() -> int:
     try:
         for name, args, admin in (
                 ("gateway", ["gateway"], config.gateway.admin_listen),
-                ("worker", ["worker", "--stages", ",".join(config.stages.pipeline)], config.stages.admin_listen)):
+                ("worker", ["worker", "--stages", ",".join(config.stages.pipeline)], config.stages.admin_listen),
+                ("sink", ["sink", "otlp"], config.sinks.admin_listen)):
             with open(LOGS / f"demo-{name}.log", "ab") as log:
                 process = subprocess.Popen([sys.executable, "-m", "rampart.cli", "--config", CONFIG, *args],
                                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -84,7 +85,7 @@ def main() -> int:
         for process in reversed(started):
             process.send_signal(signal.SIGTERM)
             process.wait(60)
-        say("stopped the gateway and the worker; stop the services with: make services-down")
+        say("stopped the gateway, the worker and the sink; stop the services with: make services-down")
     return 0
 
 
@@ -129,9 +130,10 @@ def run_app(config: RampartConfig, token: str) -> None:
     print("  try:       OTEL_EXPORTER_OTLP_ENDPOINT=http://" + http_listen +
           f" OTEL_EXPORTER_OTLP_HEADERS='authorization=Bearer%20{token}' <your app>")
     print(f"  metrics    gateway http://{config.gateway.admin_listen}/metrics   worker "
-          f"http://{config.stages.admin_listen}/metrics")
-    print("  not yet:   sinks (Jaeger http://127.0.0.1:16686 and Prometheus http://127.0.0.1:9090 are running, "
-          "nothing exports to them yet)\n")
+          f"http://{config.stages.admin_listen}/metrics   sink http://{config.sinks.admin_listen}/metrics")
+    print("  traces     Jaeger UI http://127.0.0.1:16686 (service demo-shop; the user.email attribute arrives "
+          "as [REDACTED])")
+    print("  not yet:   the Prometheus sink (Prometheus http://127.0.0.1:9090 runs, nothing writes to it yet)\n")
 
     seconds = float(os.environ.get("DEMO_SECONDS", "0")) or None
     started, rng = time.monotonic(), random.Random(7)
@@ -150,10 +152,11 @@ def run_app(config: RampartConfig, token: str) -> None:
             time.sleep(2)
             counts = {kind: sum(records(config, getattr(topics, kind)(s)) for s in Signal)
                       for kind in ("raw", "clean", "rejected", "quarantine")}
-            print(f"[demo] {time.monotonic() - started:5.0f}s  batches  raw {counts['raw']}  clean {counts['clean']}  "
-                  f"rejected {counts['rejected']}  quarantined {counts['quarantine']}   "
-                  f"scrub matches {metric(config.stages.admin_listen, 'rampart_stage_processor_events_total')}",
-                  flush=True)
+            scrubbed = metric(config.stages.admin_listen, "rampart_stage_processor_events_total", 'processor="scrub"')
+            exported = metric(config.sinks.admin_listen, "rampart_sink_exported_items_total", "")
+            print(f"[demo] {time.monotonic() - started:5.0f}s  batches: raw {counts['raw']}  clean {counts['clean']}  "
+                  f"rejected {counts['rejected']}  quarantined {counts['quarantine']}   scrub matches {scrubbed}   "
+                  f"spans in Jaeger {exported}", flush=True)
     except KeyboardInterrupt:
         print()
     finally:
@@ -162,15 +165,15 @@ def run_app(config: RampartConfig, token: str) -> None:
         logger_provider.shutdown()
 
 
-def metric(admin_listen: str, name: str) -> int:
-    """The sum of a counter over its labels, read from a process's /metrics."""
+def metric(admin_listen: str, name: str, label: str) -> int:
+    """The sum of a counter over the series whose labels contain ``label``, from a process's /metrics."""
     try:
         with urllib.request.urlopen(f"http://{admin_listen}/metrics", timeout=2) as resp:
             text = resp.read().decode()
     except OSError:
         return 0
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + "{") and 'processor="scrub"' in line and "screened" not in line))
+                   if line.startswith(name + "{") and label in line and "screened" not in line))
 
 
 def records(config: RampartConfig, topic: str) -> int:
