@@ -165,7 +165,8 @@ def _add_pipeline_roles(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                     "(honouring Retry-After, with a circuit breaker) until it accepts; batches it refuses for "
                     "good go to <prefix>.dlq.<name> with its answer. Offsets are committed only then. "
                     "Configured under sinks: in the config file.")
-    sink.add_argument("name", choices=["otlp"], help="which sink to run")
+    sink.add_argument("name", choices=["otlp", "prometheus"],
+                      help="otlp: OTLP/HTTP (Jaeger, collectors); prometheus: remote write for metrics")
     sink.set_defaults(handler=_sink)
 
     dlq = sub.add_parser("dlq", help="work with a sink's dead-letter topic")
@@ -175,7 +176,7 @@ def _add_pipeline_roles(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         description="Re-export the batches in <prefix>.dlq.<sink> (up to its end when the command starts) "
                     "through the sink, with the usual retries, committing each once the backend accepts it. "
                     "A batch refused again stops the replay, so nothing is skipped.")
-    dlq_replay.add_argument("--sink", default="otlp", choices=["otlp"], help="whose DLQ topic to replay")
+    dlq_replay.add_argument("--sink", default="otlp", choices=["otlp", "prometheus"], help="whose DLQ topic to replay")
     dlq_replay.set_defaults(handler=_dlq_replay)
 
 

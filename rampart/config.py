@@ -34,6 +34,7 @@ __all__ = [
     "KafkaConfig",
     "KeyringConfig",
     "LoggingConfig",
+    "PrometheusSinkConfig",
     "RampartConfig",
     "RateLimitConfig",
     "RedisConfig",
@@ -277,6 +278,18 @@ class OtlpSinkConfig:
 
 
 @dataclass(frozen=True)
+class PrometheusSinkConfig:
+    """A Prometheus remote-write 1.0 receiver (Prometheus with --web.enable-remote-write-receiver,
+    Mimir, Thanos receive, VictoriaMetrics, ...)."""
+
+    endpoint: str = "http://127.0.0.1:9090/api/v1/write"
+    headers: dict[str, str] = field(default_factory=dict)
+    headers_from_env: dict[str, str] = field(default_factory=dict)
+    tenant_header: str | None = None
+    timeout_s: float = bounded(10.0, min=0.1, max=600.0)
+
+
+@dataclass(frozen=True)
 class SinksConfig:
     # /metrics, /healthz, /readyz of a sink process.
     admin_listen: str = matching("127.0.0.1:9466", _LISTEN, _LISTEN_HINT)
@@ -291,6 +304,7 @@ class SinksConfig:
     circuit_open_s: float = bounded(10.0, min=0.1, max=3600.0)
     session_timeout_s: float = bounded(30.0, min=6.0, max=1800.0)
     otlp: OtlpSinkConfig = field(default_factory=OtlpSinkConfig)
+    prometheus: PrometheusSinkConfig = field(default_factory=PrometheusSinkConfig)
 
 
 @dataclass(frozen=True)

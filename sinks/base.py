@@ -9,6 +9,7 @@ refusal), with the backend's answer. One retry engine (sinks/retry.py) serves ev
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,9 +47,18 @@ class ExportRequest:
 class Sink(ABC):
     name: ClassVar[str]
 
+    @property
     @abstractmethod
-    async def export(self, request: ExportRequest) -> None:
-        """Deliver ``request``; return only when the backend accepted it."""
+    def signals(self) -> list[Signal]:
+        """The signals this sink exports (its consumer reads those clean topics)."""
+
+    @abstractmethod
+    async def export(self, request: ExportRequest) -> Mapping[str, int] | None:
+        """Deliver ``request``; return only when the backend accepted it.
+
+        Returns the items this sink could not represent and left out, by reason (e.g. delta
+        temporality for Prometheus), or None when it sent everything.
+        """
 
     async def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release connections."""

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from rampart.config import OtlpSinkConfig
+from schemas.envelope import Signal
 from sinks.base import ExportRequest, PermanentExportError, RetryableExportError, Sink
 
 __all__ = ["OtlpHttpSink", "SinkSetupError"]
@@ -40,6 +41,14 @@ class OtlpHttpSink(Sink):
         if config.ca_file:
             self._ssl = ssl.create_default_context(cafile=config.ca_file)
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def signals(self) -> list[Signal]:
+        try:
+            return [Signal(s) for s in self._config.signals]
+        except ValueError:
+            raise SinkSetupError(f"sinks.otlp.signals: {list(self._config.signals)} (signals are traces, "
+                                 "metrics, logs)") from None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

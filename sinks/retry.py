@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sinks.base import ExportError, ExportRequest, Sink
 
@@ -58,15 +58,16 @@ class RetryPolicy:
 
 
 async def deliver(sink: Sink, request: ExportRequest, policy: RetryPolicy, breaker: CircuitBreaker,
-                  on_retry: Callable[[ExportError, float], None]) -> None:
-    """Export until the backend accepts; raise PermanentExportError when it refuses for good."""
+                  on_retry: Callable[[ExportError, float], None]) -> Mapping[str, int] | None:
+    """Export until the backend accepts; raise PermanentExportError when it refuses for good.
+    Returns what the sink left out, by reason (see Sink.export)."""
     attempt = 0
     while True:
         wait = breaker.wait_s()
         if wait:
             await asyncio.sleep(wait)
         try:
-            await sink.export(request)
+            left_out = await sink.export(request)
         except ExportError as exc:
             if not exc.retriable:
                 breaker.success()  # the backend answered: it is up, it just will not take this
@@ -78,4 +79,4 @@ async def deliver(sink: Sink, request: ExportRequest, policy: RetryPolicy, break
             attempt += 1
             continue
         breaker.success()
-        return
+        return left_out

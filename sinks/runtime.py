@@ -29,6 +29,7 @@ from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, Signal, decode
 from sinks.base import ExportError, ExportRequest, PermanentExportError, Sink
 from sinks.otlp import OtlpHttpSink, SinkSetupError
+from sinks.prometheus import PrometheusRemoteWriteSink
 from sinks.retry import CircuitBreaker, RetryPolicy, deliver
 
 __all__ = ["SinkMetrics", "build_sink", "export_request", "run_sink"]
@@ -36,13 +37,13 @@ __all__ = ["SinkMetrics", "build_sink", "export_request", "run_sink"]
 log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-SINKS = {"otlp": OtlpHttpSink}
 
 
 class SinkMetrics(NamedTuple):
     batches: Counter
     items: Counter
     retries: Counter
+    left_out: Counter
     circuit_open: Gauge
     export_seconds: Histogram
     end_to_end_seconds: Histogram
@@ -58,6 +59,9 @@ class SinkMetrics(NamedTuple):
                           "accepted.", ["sink", "signal"], registry=registry),
             retries=Counter("rampart_sink_retries", "Export attempts that failed retryably and were retried.",
                             ["sink", "signal"], registry=registry),
+            left_out=Counter("rampart_sink_left_out_items", "Items the backend's format cannot represent, "
+                             "left out of an export (e.g. delta temporality for Prometheus), by reason.",
+                             ["sink", "signal", "reason"], registry=registry),
             circuit_open=Gauge("rampart_sink_circuit_open", "1 while the circuit breaker keeps calls away from "
                                "a failing backend.", ["sink"], registry=registry),
             export_seconds=Histogram("rampart_sink_export_seconds", "From first attempt to acceptance "
@@ -85,9 +89,11 @@ def export_request(signal: Signal, envelope: Envelope, tenant_attribute: str) ->
 
 
 def build_sink(name: str, config: RampartConfig, env: Mapping[str, str]) -> Sink:
-    if name not in SINKS:
-        raise SinkSetupError(f"unknown sink {name!r} (known: {', '.join(sorted(SINKS))})")
-    return SINKS[name](config.sinks.otlp, env)
+    if name == "otlp":
+        return OtlpHttpSink(config.sinks.otlp, env)
+    if name == "prometheus":
+        return PrometheusRemoteWriteSink(config.sinks.prometheus, env)
+    raise SinkSetupError(f"unknown sink {name!r} (known: otlp, prometheus)")
 
 
 class _SinkWorker:
@@ -129,12 +135,15 @@ class _SinkWorker:
             return
         started = time.perf_counter()
         try:
-            await deliver(self._sink, request, self._policy, self._breaker, self._on_retry(signal))
+            left_out = await deliver(self._sink, request, self._policy, self._breaker, self._on_retry(signal))
         except PermanentExportError as exc:
             log.warning("%s refused batch %s for good: %s", name, envelope.batch_id, exc)
             await self._publish(self._dead_letter(value, key, source, exc))
             self.metrics.batches.labels(name, signal.value, "dead_lettered").inc()
             return
+        for reason, n in (left_out or {}).items():
+            self.metrics.left_out.labels(name, signal.value, reason).inc(n)
+            log.warning("%s left out %d items it cannot represent: %s", name, n, reason)
         self.metrics.batches.labels(name, signal.value, "exported").inc()
         self.metrics.items.labels(name, signal.value).inc(request.items)
         self.metrics.export_seconds.labels(name, signal.value).observe(time.perf_counter() - started)
@@ -176,11 +185,7 @@ def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
     except KeyringError as exc:
         raise SinkSetupError(str(exc)) from None
     sink = build_sink(name, config, env)
-    try:
-        signals = [Signal(s) for s in config.sinks.otlp.signals]
-    except ValueError:
-        raise SinkSetupError(f"sinks.otlp.signals: {config.sinks.otlp.signals} (signals are traces, metrics, "
-                             "logs)") from None
+    signals = sink.signals
     topics = TopicNames(config.topics.prefix)
     worker = _SinkWorker(config, sink, keyring, CollectorRegistry())
     spec = ConsumerSpec(f"{config.topics.prefix}.sink.{name}", {s: topics.clean(s) for s in signals},

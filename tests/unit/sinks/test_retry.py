@@ -41,6 +41,10 @@ class Flaky(Sink):
         self.errors = errors
         self.calls = 0
 
+    @property
+    def signals(self) -> list[Signal]:
+        return [Signal.TRACES]
+
     async def export(self, request: ExportRequest) -> None:
         self.calls += 1
         if self.errors:
