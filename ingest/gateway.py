@@ -123,8 +123,13 @@ class Gateway:
                                 attributes=attributes)
             envelopes.append(self._keyring.sign(envelope))
         topic = self._topics.raw(signal)
+        # Metrics are cumulative series whose order matters downstream (Prometheus refuses an older
+        # sample after a newer one), so one client's metrics stay on one partition; traces and logs
+        # spread evenly by batch id.
+        source_key = f"{key.tenant}/{key.key_id}".encode() if signal is Signal.METRICS else None
         try:
-            await asyncio.gather(*(self._publisher.publish(topic, e.batch_id.encode(), encode(e)) for e in envelopes))
+            await asyncio.gather(*(self._publisher.publish(topic, source_key or e.batch_id.encode(), encode(e))
+                                   for e in envelopes))
         except RecordTooLarge as exc:
             raise PayloadTooLarge(f"batch exceeds the Kafka record limit ({exc})") from None
         except PublishError as exc:

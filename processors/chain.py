@@ -111,7 +111,8 @@ class StageChain:
                 return [self._record(topic, envelope, request, "", None, partition)]
             return [self._record(topic, envelope, subset(signal, refs), f"p{partition}", None, partition)
                     for partition, refs in sorted(groups.items())]
-        if self._keying == "tenant_service":
+        if self._keying == "tenant_service" or (self._keying == "trace_id" and signal is Signal.METRICS):
+            # (Metrics have no trace id; keeping a service's series on one partition keeps them in order.)
             by_service: dict[str, list[ItemRef]] = {}
             for ref in walk(request, signal):
                 service = next((kv.value.string_value for kv in ref.resource.resource.attributes

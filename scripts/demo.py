@@ -73,27 +73,35 @@ def main() -> int:
         for name, args, admin in (
                 ("gateway", ["gateway"], config.gateway.admin_listen),
                 ("worker", ["worker", "--stages", ",".join(config.stages.pipeline)], config.stages.admin_listen),
-                ("sink", ["sink", "otlp"], config.sinks.admin_listen)):
-            with open(LOGS / f"demo-{name}.log", "ab") as log:
+                ("otlp sink", ["sink", "otlp"], config.sinks.admin_listen),
+                ("prometheus sink", ["sink", "prometheus"], _next_port(config.sinks.admin_listen))):
+            log_path = LOGS / f"demo-{name.replace(' ', '-')}.log"
+            env = dict(os.environ, RAMPART__SINKS__ADMIN_LISTEN=admin) if "sink" in name else None
+            with open(log_path, "ab") as log:
                 process = subprocess.Popen([sys.executable, "-m", "rampart.cli", "--config", CONFIG, *args],
-                                           stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                           stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
             started.append(process)
             wait_ready(name, admin, process)
-            say(f"{name} running (pid {process.pid}, log {LOGS / f'demo-{name}.log'})")
+            say(f"{name} running (pid {process.pid}, log {log_path})")
         run_app(config, token)
     finally:
         for process in reversed(started):
             process.send_signal(signal.SIGTERM)
             process.wait(60)
-        say("stopped the gateway, the worker and the sink; stop the services with: make services-down")
+        say("stopped the gateway, the worker and the sinks; stop the services with: make services-down")
     return 0
+
+
+def _next_port(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + 1}"
 
 
 def wait_ready(name: str, admin_listen: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"[demo] the {name} exited with {process.returncode}; see {LOGS / f'demo-{name}.log'}")
+            raise SystemExit(f"[demo] the {name} exited with {process.returncode}; see {LOGS}")
         try:
             with urllib.request.urlopen(f"http://{admin_listen}/readyz", timeout=1) as resp:
                 if resp.status == 200:
@@ -101,7 +109,7 @@ def wait_ready(name: str, admin_listen: str, process: subprocess.Popen[bytes]) -
         except OSError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"[demo] the {name} did not become ready in 60 s; see {LOGS / f'demo-{name}.log'}")
+    raise SystemExit(f"[demo] the {name} did not become ready in 60 s; see {LOGS}")
 
 
 def run_app(config: RampartConfig, token: str) -> None:
@@ -133,7 +141,7 @@ def run_app(config: RampartConfig, token: str) -> None:
           f"http://{config.stages.admin_listen}/metrics   sink http://{config.sinks.admin_listen}/metrics")
     print("  traces     Jaeger UI http://127.0.0.1:16686 (service demo-shop; the user.email attribute arrives "
           "as [REDACTED])")
-    print("  not yet:   the Prometheus sink (Prometheus http://127.0.0.1:9090 runs, nothing writes to it yet)\n")
+    print("  metrics    Prometheus http://127.0.0.1:9090 (try orders_total or checkout_duration_seconds_bucket)\n")
 
     seconds = float(os.environ.get("DEMO_SECONDS", "0")) or None
     started, rng = time.monotonic(), random.Random(7)
@@ -154,9 +162,10 @@ def run_app(config: RampartConfig, token: str) -> None:
                       for kind in ("raw", "clean", "rejected", "quarantine")}
             scrubbed = metric(config.stages.admin_listen, "rampart_stage_processor_events_total", 'processor="scrub"')
             exported = metric(config.sinks.admin_listen, "rampart_sink_exported_items_total", "")
+            points = metric(_next_port(config.sinks.admin_listen), "rampart_sink_exported_items_total", "")
             print(f"[demo] {time.monotonic() - started:5.0f}s  batches: raw {counts['raw']}  clean {counts['clean']}  "
                   f"rejected {counts['rejected']}  quarantined {counts['quarantine']}   scrub matches {scrubbed}   "
-                  f"spans in Jaeger {exported}", flush=True)
+                  f"spans to Jaeger {exported}   metric points to Prometheus {points}", flush=True)
     except KeyboardInterrupt:
         print()
     finally:

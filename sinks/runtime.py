@@ -188,6 +188,9 @@ def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
     signals = sink.signals
     topics = TopicNames(config.topics.prefix)
     worker = _SinkWorker(config, sink, keyring, CollectorRegistry())
+    # Remote write refuses a sample older than one it already has for the series, so the Prometheus sink
+    # exports one record at a time, in partition order.
+    concurrency = 1 if name == "prometheus" else config.sinks.concurrency
     spec = ConsumerSpec(f"{config.topics.prefix}.sink.{name}", {s: topics.clean(s) for s in signals},
-                        config.sinks.concurrency, config.sinks.session_timeout_s, config.sinks.admin_listen)
+                        concurrency, config.sinks.session_timeout_s, config.sinks.admin_listen)
     run_consumer(config, spec, worker.handle, worker.registry, worker.ready, worker.publisher_started, worker.tick)
