@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -19,6 +20,8 @@ class CapturingBackend:
         self.status: int | None = None      # answer this instead of 200 while set
         self.answer = "payload refused by test backend"
         self.received: list[ExportTraceServiceRequest] = []
+        self.arrivals: dict[bytes, float] = {}  # span (trace id + span id) -> when it first arrived
+        self.keep_requests = True
         self.refused = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -45,7 +48,14 @@ class CapturingBackend:
         if self.status is not None:
             self.refused += 1
             return web.Response(status=self.status, text=self.answer)
-        self.received.append(ExportTraceServiceRequest.FromString(body))
+        request = ExportTraceServiceRequest.FromString(body)
+        now = time.time()
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    self.arrivals.setdefault(span.trace_id + span.span_id, now)
+        if self.keep_requests:
+            self.received.append(request)
         return web.Response(body=b"", content_type="application/x-protobuf")
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ class Deployment:
     kafka_bootstrap: str
     redis_url: str
     tmp: Path
+    partitions: int = 2
     keyring_file: str = ""
     processes: list[RampartProcess] = field(default_factory=list)
 
@@ -54,7 +55,7 @@ class Deployment:
         write_key(self.keyring_file, "worker-1", make_signing=False)  # workers sign with their own key
         self.topics = TopicNames(self.prefix)
         self.kafka = KafkaConfig(bootstrap_servers=self.kafka_bootstrap)
-        create_topics(admin_client(self.kafka, "test"), TopicsConfig(prefix=self.prefix, partitions=2),
+        create_topics(admin_client(self.kafka, "test"), TopicsConfig(prefix=self.prefix, partitions=self.partitions),
                       self.kafka.max_message_bytes, PIPELINE)
         self.registry = ApiKeyRegistry(redis.Redis.from_url(self.redis_url), self.prefix)
 
