@@ -19,7 +19,16 @@ from dataclasses import dataclass, field, replace
 from google.protobuf.message import Message
 
 from processors.base import Batch, Drop, Processor
-from processors.otlp import ItemRef, OtlpDecodeError, decode_payload, prune_empty, remove, subset, walk
+from processors.otlp import (
+    ItemRef,
+    OtlpDecodeError,
+    count_items,
+    decode_payload,
+    prune_empty,
+    remove,
+    subset,
+    walk,
+)
 from rampart.audit import audit_record
 from rampart.keyring import KeyRing, SignatureError
 from rampart.publisher import Record
@@ -77,7 +86,7 @@ class StageChain:
                       principal=envelope.principal, received_at_ns=envelope.received_at_ns,
                       attributes=envelope.attributes, raw_payload=envelope.payload,
                       payload_format=envelope.payload_format)
-        outcome.items_in = sum(1 for _ in walk(request, signal))
+        outcome.items_in = count_items(request, signal)
         for processor in self._processors:
             result = processor.process(batch)
             batch.raw_payload = None if result.changed or result.drops else batch.raw_payload
@@ -91,7 +100,7 @@ class StageChain:
                 self._reject(outcome, envelope, processor.name, result.drops)
                 remove([d.ref for d in result.drops])
         prune_empty(request, signal)
-        outcome.items_out = sum(1 for _ in walk(request, signal))
+        outcome.items_out = count_items(request, signal)
         if outcome.items_out:
             outcome.records += self._outputs(envelope, request, key)
         return outcome

@@ -20,7 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from schemas.envelope import PayloadFormat, Signal
 
-__all__ = ["ItemRef", "OtlpDecodeError", "decode_payload", "new_request", "prune_empty", "remove", "subset", "walk"]
+__all__ = ["ItemRef", "OtlpDecodeError", "count_items", "decode_payload", "new_request", "prune_empty", "remove",
+           "subset", "walk"]
 
 REQUEST_TYPES: dict[Signal, type[Message]] = {
     Signal.TRACES: ExportTraceServiceRequest,
@@ -111,6 +112,22 @@ def walk(request: Message, signal: Signal) -> Iterator[ItemRef]:
                 items = getattr(scope, _ITEM_FIELD[signal])
                 for index, item in enumerate(items):
                     yield ItemRef(resource, scope, items, index, item)
+
+
+def count_items(request: Message, signal: Signal) -> int:
+    """How many spans, metric data points or log records the request holds (without walking them)."""
+    scope_field = _SCOPE_FIELD[signal]
+    if signal is Signal.METRICS:
+        total = 0
+        for resource in resources(request, signal):
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    kind = metric.WhichOneof("data")
+                    total += len(getattr(metric, kind).data_points) if kind else 0
+        return total
+    item_field = _ITEM_FIELD[signal]
+    return sum(len(getattr(scope, item_field)) for resource in resources(request, signal)
+               for scope in getattr(resource, scope_field))
 
 
 def remove(refs: list[ItemRef]) -> None:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from processors.otlp import OtlpDecodeError, decode_payload, resources, walk
+from processors.otlp import OtlpDecodeError, count_items, decode_payload, resources
 from rampart.audit import audit_record
 from rampart.config import RampartConfig
 from rampart.keyring import KeyRing, KeyringError, SignatureError, load_keyring
@@ -85,7 +85,7 @@ def export_request(signal: Signal, envelope: Envelope, tenant_attribute: str) ->
                 del attributes[i]
         attributes.add(key=tenant_attribute).value.string_value = envelope.tenant
     return ExportRequest(signal, envelope.tenant, request.SerializeToString(),
-                         sum(1 for _ in walk(request, signal)), envelope.batch_id)
+                         count_items(request, signal), envelope.batch_id)
 
 
 def build_sink(name: str, config: RampartConfig, env: Mapping[str, str]) -> Sink:
