@@ -18,13 +18,17 @@ from typing import Any
 
 import faust
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry, Gauge
 
 from rampart.admin import build_admin_app, split_listen
-from rampart.config import RampartConfig
+from rampart.config import KafkaConfig, RampartConfig
+from rampart.kafka import consumer_properties
 from schemas.envelope import Signal
 
-__all__ = ["ConsumerSpec", "Handler", "run_consumer"]
+__all__ = ["ConsumerSpec", "Handler", "LagProbe", "run_consumer"]
+
+_LAG_INTERVAL_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,38 @@ class ConsumerSpec:
     concurrency: int
     session_timeout_s: float
     admin_listen: str
+
+
+class LagProbe:
+    """How far a group is behind: per topic, the high watermarks minus the group's committed offsets.
+
+    It reads committed offsets without joining the group, so it never takes partitions from anyone.
+    Blocking: call it from a thread.
+    """
+
+    def __init__(self, config: KafkaConfig, group_id: str, topics: list[str]) -> None:
+        self._consumer = Consumer(consumer_properties(config, "rampart-lag-probe", group_id))
+        self._topics = topics
+
+    def measure(self) -> dict[str, int]:
+        lag: dict[str, int] = {}
+        metadata = self._consumer.list_topics(timeout=10)
+        for topic in self._topics:
+            found = metadata.topics.get(topic)
+            if found is None:
+                continue
+            partitions = [TopicPartition(topic, p) for p in found.partitions]
+            committed = {tp.partition: tp.offset for tp in self._consumer.committed(partitions, timeout=10)}
+            total = 0
+            for tp in partitions:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+                done = committed.get(tp.partition, -1)
+                total += high - (done if done >= 0 else low)
+            lag[topic] = max(0, total)
+        return lag
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def run_consumer(config: RampartConfig, spec: ConsumerSpec, handler: Handler, registry: CollectorRegistry,
@@ -60,6 +96,11 @@ def run_consumer(config: RampartConfig, spec: ConsumerSpec, handler: Handler, re
         app.agent(topic, name=f"{spec.group_id}.{signal.value}", concurrency=spec.concurrency)(
             _agent(handler, signal))
 
+    lag_gauge = Gauge("rampart_consumer_lag_records", "Records on the input topic not yet committed by this "
+                      "consumer group (all partitions): how far behind the group is.", ["group", "topic"],
+                      registry=registry)
+    probe = LagProbe(config.kafka, spec.group_id, list(spec.inputs.values()))
+
     async def admin() -> None:
         on_start()
         runner = web.AppRunner(build_admin_app(registry, ready), access_log=None, handle_signals=False)
@@ -67,9 +108,17 @@ def run_consumer(config: RampartConfig, spec: ConsumerSpec, handler: Handler, re
         host, port = split_listen(spec.admin_listen)
         await web.TCPSite(runner, host, port).start()
         log.info("%s: reading %s; admin %s", spec.group_id, ", ".join(spec.inputs.values()), spec.admin_listen)
+        last_lag = 0.0
         while True:
             await asyncio.sleep(2)
             tick()
+            if asyncio.get_running_loop().time() - last_lag >= _LAG_INTERVAL_S:
+                last_lag = asyncio.get_running_loop().time()
+                try:
+                    for topic, records in (await asyncio.to_thread(probe.measure)).items():
+                        lag_gauge.labels(spec.group_id, topic).set(records)
+                except KafkaException as exc:
+                    log.warning("cannot measure consumer lag: %s", exc)
 
     app.task(admin)
     faust.Worker(app, loglevel=config.logging.level.lower().replace("warning", "warn"), quiet=True,

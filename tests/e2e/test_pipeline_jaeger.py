@@ -57,6 +57,11 @@ def wait_for_spans(jaeger_url: str, service: str, count: int, timeout_s: float =
         time.sleep(1)
 
 
+def lag(sink: SinkProcess) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in sink.metrics().splitlines()
+               if line.startswith("rampart_consumer_lag_records{"))
+
+
 def start_pipeline(deployment: Deployment, sink_endpoint: str = JAEGER_OTLP_HTTP_URL) -> tuple[str, SinkProcess]:
     deployment.start_worker("validate,scrub,dedup")
     sink = deployment.start_sink("otlp", RAMPART__SINKS__OTLP__ENDPOINT=sink_endpoint,
@@ -103,8 +108,16 @@ def test_backend_outage_loses_nothing_and_the_sink_does_not_spin(deployment: Dep
                       if line.startswith("rampart_sink_retries_total{"))
         assert 0 < retries < 200, f"{retries} retries in 5 s: the sink should back off, not spin"
         assert jaeger_spans(jaeger_url, service) == []
+        deadline = time.monotonic() + 20
+        while lag(sink) == 0:  # Kafka holds the backlog, and the sink says how large it is
+            assert time.monotonic() < deadline, "the sink's lag gauge did not show the backlog"
+            time.sleep(1)
         proxy.restore()
         found = wait_for_spans(jaeger_url, service, sent)
         assert len(found) == sent
+        deadline = time.monotonic() + 30
+        while lag(sink) > 0:
+            assert time.monotonic() < deadline, "the sink's lag did not drain"
+            time.sleep(1)
     finally:
         proxy.close()
