@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ConfigError",
     "DedupConfig",
+    "ExportBudgetConfig",
     "GatewayConfig",
     "KafkaConfig",
     "KeyringConfig",
@@ -290,6 +291,14 @@ class PrometheusSinkConfig:
 
 
 @dataclass(frozen=True)
+class ExportBudgetConfig:
+    """How many payload bytes a tenant may export through one sink per window (shared by all its replicas)."""
+
+    bytes_per_window: int = bounded(1024 * 1024 * 1024, min=1)
+    window_s: float = bounded(60.0, min=1.0, max=86400.0)
+
+
+@dataclass(frozen=True)
 class SinksConfig:
     # /metrics, /healthz, /readyz of a sink process.
     admin_listen: str = matching("127.0.0.1:9466", _LISTEN, _LISTEN_HINT)
@@ -303,6 +312,14 @@ class SinksConfig:
     circuit_failure_threshold: int = bounded(5, min=1, max=1000)
     circuit_open_s: float = bounded(10.0, min=0.1, max=3600.0)
     session_timeout_s: float = bounded(30.0, min=6.0, max=1800.0)
+    # Per-tenant export budgets (bytes per window, in Redis so every replica of a sink shares them).
+    # Tenants without an entry are not limited. Over budget, "hold" waits until the budget refills;
+    # "dead_letter" puts the batch in the sink's DLQ topic (to replay later) and moves on.
+    budgets: dict[str, ExportBudgetConfig] = field(default_factory=dict)
+    budget_policy: Literal["hold", "dead_letter"] = "hold"
+    # With "hold": batches a process may keep waiting for their tenant's budget while it goes on
+    # exporting other tenants' batches. Beyond this it stops taking new records (Kafka keeps them).
+    max_held_batches: int = bounded(64, min=1, max=10_000)
     otlp: OtlpSinkConfig = field(default_factory=OtlpSinkConfig)
     prometheus: PrometheusSinkConfig = field(default_factory=PrometheusSinkConfig)
 

@@ -43,6 +43,10 @@ class ConsumerSpec:
     concurrency: int
     session_timeout_s: float
     admin_listen: str
+    # On shutdown and rebalance, let records being processed finish first (fewer redeliveries). Off
+    # where a record may wait indefinitely (a sink holding a batch for its tenant's budget): such a
+    # record is simply not committed and is redelivered.
+    wait_empty: bool = True
 
 
 class LagProbe:
@@ -86,7 +90,7 @@ def run_consumer(config: RampartConfig, spec: ConsumerSpec, handler: Handler, re
         value_serializer="raw", key_serializer="raw", consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=config.kafka.max_message_bytes,
         producer_max_request_size=config.kafka.max_message_bytes,
-        broker_commit_interval=1.0, stream_wait_empty=True,
+        broker_commit_interval=1.0, stream_wait_empty=spec.wait_empty,
         broker_session_timeout=spec.session_timeout_s,
         broker_heartbeat_interval=max(1.0, spec.session_timeout_s / 10),
         datadir=f"/tmp/rampart-faust-{os.getpid()}",  # noqa: S108 - faust wants one; nothing is stored there

@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import RedisError
 
 from processors.otlp import OtlpDecodeError, count_items, decode_payload, resources
 from rampart.audit import audit_record
@@ -28,6 +30,7 @@ from rampart.streaming import ConsumerSpec, run_consumer
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, Signal, decode
 from sinks.base import ExportError, ExportRequest, PermanentExportError, Sink
+from sinks.budget import ExportBudgets
 from sinks.otlp import OtlpHttpSink, SinkSetupError
 from sinks.prometheus import PrometheusRemoteWriteSink
 from sinks.retry import CircuitBreaker, RetryPolicy, deliver
@@ -44,6 +47,7 @@ class SinkMetrics(NamedTuple):
     items: Counter
     retries: Counter
     left_out: Counter
+    over_budget: Counter
     circuit_open: Gauge
     export_seconds: Histogram
     end_to_end_seconds: Histogram
@@ -62,6 +66,9 @@ class SinkMetrics(NamedTuple):
             left_out=Counter("rampart_sink_left_out_items", "Items the backend's format cannot represent, "
                              "left out of an export (e.g. delta temporality for Prometheus), by reason.",
                              ["sink", "signal", "reason"], registry=registry),
+            over_budget=Counter("rampart_sink_over_budget", "Times a batch found its tenant over its export "
+                                "budget (held back or dead-lettered, by sinks.budget_policy).",
+                                ["sink", "signal", "tenant"], registry=registry),
             circuit_open=Gauge("rampart_sink_circuit_open", "1 while the circuit breaker keeps calls away from "
                                "a failing backend.", ["sink"], registry=registry),
             export_seconds=Histogram("rampart_sink_export_seconds", "From first attempt to acceptance "
@@ -97,7 +104,8 @@ def build_sink(name: str, config: RampartConfig, env: Mapping[str, str]) -> Sink
 
 
 class _SinkWorker:
-    def __init__(self, config: RampartConfig, sink: Sink, keyring: KeyRing, registry: CollectorRegistry) -> None:
+    def __init__(self, config: RampartConfig, sink: Sink, keyring: KeyRing, registry: CollectorRegistry,
+                 budgets: ExportBudgets | None) -> None:
         self._config = config
         self._sink = sink
         self._keyring = keyring
@@ -107,6 +115,8 @@ class _SinkWorker:
         self.metrics = SinkMetrics.create(registry)
         self._policy = RetryPolicy(config.sinks.initial_backoff_s, config.sinks.max_backoff_s)
         self._breaker = CircuitBreaker(config.sinks.circuit_failure_threshold, config.sinks.circuit_open_s)
+        self._budgets = budgets
+        self._exporting: asyncio.Semaphore | None = None  # created in the running loop
         self.publisher: Publisher | None = None
 
     def publisher_started(self) -> Publisher:
@@ -133,9 +143,14 @@ class _SinkWorker:
             await self._publish(self._quarantine(signal, value, key, source, reason, str(exc)))
             self.metrics.batches.labels(name, signal.value, "quarantined").inc()
             return
+        if not await self._within_budget(request, value, key, source):
+            return
+        if self._exporting is None:
+            self._exporting = asyncio.Semaphore(self._config.sinks.concurrency)
         started = time.perf_counter()
         try:
-            left_out = await deliver(self._sink, request, self._policy, self._breaker, self._on_retry(signal))
+            async with self._exporting:  # held batches wait outside: they never take an export slot
+                left_out = await deliver(self._sink, request, self._policy, self._breaker, self._on_retry(signal))
         except PermanentExportError as exc:
             log.warning("%s refused batch %s for good: %s", name, envelope.batch_id, exc)
             await self._publish(self._dead_letter(value, key, source, exc))
@@ -149,6 +164,34 @@ class _SinkWorker:
         self.metrics.export_seconds.labels(name, signal.value).observe(time.perf_counter() - started)
         self.metrics.end_to_end_seconds.labels(name, signal.value).observe(
             max(0.0, (time.time_ns() - envelope.received_at_ns) / 1e9))
+
+    async def _within_budget(self, request: ExportRequest, value: bytes, key: bytes | None, source: str) -> bool:
+        """Wait for, or (policy dead_letter) divert, a batch over its tenant's export budget."""
+        if self._budgets is None or not self._budgets.limited(request.tenant):
+            return True
+        name, signal = self._sink.name, request.signal.value
+        audited = False
+        while True:
+            try:
+                wait = await self._budgets.take(request.tenant, len(request.payload))
+            except (RedisError, OSError) as exc:
+                log.warning("export budget unavailable (%s); exporting without it", type(exc).__name__)
+                return True
+            if wait == 0:
+                return True
+            self.metrics.over_budget.labels(name, signal, request.tenant).inc()
+            if not audited:
+                audited = True
+                event = audit_record("export_budget_exceeded", f"sink.{name}", self._instance, request.tenant,
+                                     policy=self._config.sinks.budget_policy, batch_id=request.batch_id)
+                await self._publish([Record(self._topics.audit(), json.dumps(event, sort_keys=True).encode(),
+                                            request.tenant.encode())])
+            if self._config.sinks.budget_policy == "dead_letter":
+                await self._publish(self._dead_letter(value, key, source, PermanentExportError(
+                    f"tenant {request.tenant} is over its export budget", None, "")))
+                self.metrics.batches.labels(name, signal, "dead_lettered").inc()
+                return False
+            await asyncio.sleep(min(wait, 5.0))
 
     def _on_retry(self, signal: Signal) -> Callable[[ExportError, float], None]:
         def note(exc: ExportError, delay: float) -> None:
@@ -187,10 +230,19 @@ def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
     sink = build_sink(name, config, env)
     signals = sink.signals
     topics = TopicNames(config.topics.prefix)
-    worker = _SinkWorker(config, sink, keyring, CollectorRegistry())
+    budgets = None
+    if config.sinks.budgets:
+        password = config.redis.password.reveal() if config.redis.password else None
+        client = aioredis.Redis.from_url(config.redis.url, password=password,
+                                         socket_timeout=config.redis.socket_timeout_s)
+        budgets = ExportBudgets(client, config.redis.key_prefix, name, config.sinks.budgets)
+    worker = _SinkWorker(config, sink, keyring, CollectorRegistry(), budgets)
     # Remote write refuses a sample older than one it already has for the series, so the Prometheus sink
     # exports one record at a time, in partition order.
     concurrency = 1 if name == "prometheus" else config.sinks.concurrency
+    holds = budgets is not None and config.sinks.budget_policy == "hold"
+    if holds and name != "prometheus":
+        concurrency += config.sinks.max_held_batches  # room for held batches beside the exporting ones
     spec = ConsumerSpec(f"{config.topics.prefix}.sink.{name}", {s: topics.clean(s) for s in signals},
-                        concurrency, config.sinks.session_timeout_s, config.sinks.admin_listen)
+                        concurrency, config.sinks.session_timeout_s, config.sinks.admin_listen, wait_empty=not holds)
     run_consumer(config, spec, worker.handle, worker.registry, worker.ready, worker.publisher_started, worker.tick)
