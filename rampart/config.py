@@ -262,7 +262,9 @@ class StagesConfig:
 class OtlpSinkConfig:
     """An OTLP/HTTP (protobuf) backend: Jaeger v2, an OpenTelemetry Collector, any OTLP receiver."""
 
-    # Base URL; /v1/traces, /v1/metrics or /v1/logs is appended.
+    # "http": OTLP/HTTP protobuf to endpoint + /v1/<signal>; "grpc": OTLP/gRPC to endpoint as host:port
+    # (https:// or a ca_file for TLS).
+    protocol: Literal["http", "grpc"] = "http"
     endpoint: str = "http://127.0.0.1:14318"
     # Which clean topics this sink exports (Jaeger takes traces only).
     signals: tuple[str, ...] = ("traces",)

@@ -32,6 +32,7 @@ from schemas.envelope import Envelope, EnvelopeError, Signal, decode
 from sinks.base import ExportError, ExportRequest, PermanentExportError, Sink
 from sinks.budget import ExportBudgets
 from sinks.otlp import OtlpHttpSink, SinkSetupError
+from sinks.otlp_grpc import OtlpGrpcSink
 from sinks.prometheus import PrometheusRemoteWriteSink
 from sinks.retry import CircuitBreaker, RetryPolicy, deliver
 
@@ -97,6 +98,8 @@ def export_request(signal: Signal, envelope: Envelope, tenant_attribute: str) ->
 
 def build_sink(name: str, config: RampartConfig, env: Mapping[str, str]) -> Sink:
     if name == "otlp":
+        if config.sinks.otlp.protocol == "grpc":
+            return OtlpGrpcSink(config.sinks.otlp, env)
         return OtlpHttpSink(config.sinks.otlp, env)
     if name == "prometheus":
         return PrometheusRemoteWriteSink(config.sinks.prometheus, env)

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.support.deployment import Deployment, SinkProcess
 from tests.support.proxy import CuttableProxy
-from tests.support.services import JAEGER_OTLP_HTTP_URL
+from tests.support.services import JAEGER_OTLP_GRPC_TARGET, JAEGER_OTLP_HTTP_URL
 
 pytestmark = pytest.mark.e2e
 
@@ -62,17 +62,21 @@ def lag(sink: SinkProcess) -> float:
                if line.startswith("rampart_consumer_lag_records{"))
 
 
-def start_pipeline(deployment: Deployment, sink_endpoint: str = JAEGER_OTLP_HTTP_URL) -> tuple[str, SinkProcess]:
+def start_pipeline(deployment: Deployment, sink_endpoint: str = JAEGER_OTLP_HTTP_URL,
+                   protocol: str = "http") -> tuple[str, SinkProcess]:
     deployment.start_worker("validate,scrub,dedup")
     sink = deployment.start_sink("otlp", RAMPART__SINKS__OTLP__ENDPOINT=sink_endpoint,
+                                 RAMPART__SINKS__OTLP__PROTOCOL=protocol,
                                  RAMPART__SINKS__INITIAL_BACKOFF_S="0.2", RAMPART__SINKS__MAX_BACKOFF_S="2",
                                  RAMPART__SINKS__CIRCUIT_OPEN_S="1")
     return deployment.start_gateway().http_url, sink
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_spans_reach_jaeger_scrubbed_deduplicated_and_labelled_with_the_tenant(deployment: Deployment,
-                                                                               jaeger_url: str) -> None:
-    gateway_url, _sink = start_pipeline(deployment)
+                                                                               jaeger_url: str, protocol: str) -> None:
+    endpoint = JAEGER_OTLP_HTTP_URL if protocol == "http" else JAEGER_OTLP_GRPC_TARGET
+    gateway_url, _sink = start_pipeline(deployment, endpoint, protocol)
     _, token = deployment.api_key(tenant="acme")
     service = f"shop-{uuid.uuid4().hex[:8]}"
     spans = make_spans(service, 30)

@@ -17,6 +17,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 PROMETHEUS_URL = "http://127.0.0.1:9090"
 JAEGER_QUERY_URL = "http://127.0.0.1:16686"
 JAEGER_OTLP_HTTP_URL = "http://127.0.0.1:14318"
+JAEGER_OTLP_GRPC_TARGET = "127.0.0.1:14317"
 
 
 def require_kafka() -> str:
