@@ -23,18 +23,33 @@ class SinkSetupError(ValueError):
     pass
 
 
+def headers_from(static: Mapping[str, str], from_env: Mapping[str, str], env: Mapping[str, str],
+                 section: str) -> dict[str, str]:
+    """Configured headers plus those whose values come from environment variables (credentials)."""
+    headers = dict(static)
+    for header, variable in from_env.items():
+        value = env.get(variable)
+        if not value:
+            raise SinkSetupError(f"{section}.headers_from_env.{header}: environment variable {variable} is not set")
+        headers[header] = value
+    return headers
+
+
+def configured_signals(config: OtlpSinkConfig) -> list[Signal]:
+    try:
+        return [Signal(s) for s in config.signals]
+    except ValueError:
+        raise SinkSetupError(f"sinks.otlp.signals: {list(config.signals)} (signals are traces, metrics, "
+                             "logs)") from None
+
+
 class OtlpHttpSink(Sink):
     name = "otlp"
 
     def __init__(self, config: OtlpSinkConfig, env: Mapping[str, str]) -> None:
         self._config = config
-        self._headers = {"Content-Type": "application/x-protobuf", **config.headers}
-        for header, variable in config.headers_from_env.items():
-            value = env.get(variable)
-            if not value:
-                raise SinkSetupError(f"sinks.otlp.headers_from_env.{header}: environment variable {variable} "
-                                     "is not set")
-            self._headers[header] = value
+        self._headers = {"Content-Type": "application/x-protobuf",
+                         **headers_from(config.headers, config.headers_from_env, env, "sinks.otlp")}
         if config.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
         self._ssl: ssl.SSLContext | bool = True  # the system's trust store
@@ -44,11 +59,7 @@ class OtlpHttpSink(Sink):
 
     @property
     def signals(self) -> list[Signal]:
-        try:
-            return [Signal(s) for s in self._config.signals]
-        except ValueError:
-            raise SinkSetupError(f"sinks.otlp.signals: {list(self._config.signals)} (signals are traces, "
-                                 "metrics, logs)") from None
+        return configured_signals(self._config)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

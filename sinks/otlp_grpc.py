@@ -10,7 +10,7 @@ from google.rpc import error_details_pb2, status_pb2
 from rampart.config import OtlpSinkConfig
 from schemas.envelope import Signal
 from sinks.base import ExportRequest, PermanentExportError, RetryableExportError, Sink
-from sinks.otlp import SinkSetupError
+from sinks.otlp import configured_signals, headers_from
 
 __all__ = ["OtlpGrpcSink"]
 
@@ -32,24 +32,14 @@ class OtlpGrpcSink(Sink):
         self._config = config
         target = config.endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
         self._target = target
-        metadata = {k.lower(): v for k, v in config.headers.items()}
-        for header, variable in config.headers_from_env.items():
-            value = env.get(variable)
-            if not value:
-                raise SinkSetupError(f"sinks.otlp.headers_from_env.{header}: environment variable {variable} "
-                                     "is not set")
-            metadata[header.lower()] = value
-        self._metadata = metadata
+        headers = headers_from(config.headers, config.headers_from_env, env, "sinks.otlp")
+        self._metadata = {k.lower(): v for k, v in headers.items()}  # gRPC metadata keys are lower case
         self._secure = config.endpoint.startswith("https://") or config.ca_file is not None
         self._channel: grpc.aio.Channel | None = None
 
     @property
     def signals(self) -> list[Signal]:
-        try:
-            return [Signal(s) for s in self._config.signals]
-        except ValueError:
-            raise SinkSetupError(f"sinks.otlp.signals: {list(self._config.signals)} (signals are traces, "
-                                 "metrics, logs)") from None
+        return configured_signals(self._config)
 
     def _open(self) -> grpc.aio.Channel:
         if self._channel is None:

@@ -30,7 +30,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from rampart.config import PrometheusSinkConfig
 from schemas.envelope import Signal
 from sinks.base import ExportRequest, PermanentExportError, RetryableExportError, Sink
-from sinks.otlp import RETRYABLE_STATUS, SinkSetupError
+from sinks.otlp import RETRYABLE_STATUS, headers_from
 
 __all__ = ["Conversion", "PrometheusRemoteWriteSink", "convert", "metric_name"]
 
@@ -149,23 +149,14 @@ def _convert_metric(metric: Any, target: Mapping[str, str], out: Conversion) -> 
     """Add the metric's samples; returns the newest timestamp (ms) seen."""
     kind = metric.WhichOneof("data")
     latest = 0
-    if kind == "gauge" or (kind == "sum" and not metric.sum.is_monotonic):
-        data = metric.gauge if kind == "gauge" else metric.sum
+    if kind in ("gauge", "sum"):
+        data = getattr(metric, kind)
         if kind == "sum" and data.aggregation_temporality != _CUMULATIVE:
             out.refuse("delta_temporality", len(data.data_points))
             return 0
-        name = metric_name(metric.name, metric.unit, counter=False, gauge=True)
+        counter = kind == "sum" and data.is_monotonic  # monotonic sums are counters; the rest are gauges
+        name = metric_name(metric.name, metric.unit, counter=counter, gauge=not counter)
         for p in data.data_points:
-            ts = p.time_unix_nano // 1_000_000
-            latest = max(latest, ts)
-            value = p.as_double if p.WhichOneof("value") == "as_double" else float(p.as_int)
-            out.add({"__name__": name, **_labels(p.attributes), **target}, value, ts)
-    elif kind == "sum":
-        if metric.sum.aggregation_temporality != _CUMULATIVE:
-            out.refuse("delta_temporality", len(metric.sum.data_points))
-            return 0
-        name = metric_name(metric.name, metric.unit, counter=True, gauge=False)
-        for p in metric.sum.data_points:
             ts = p.time_unix_nano // 1_000_000
             latest = max(latest, ts)
             value = p.as_double if p.WhichOneof("value") == "as_double" else float(p.as_int)
@@ -239,13 +230,8 @@ class PrometheusRemoteWriteSink(Sink):
     def __init__(self, config: PrometheusSinkConfig, env: Mapping[str, str]) -> None:
         self._config = config
         self._headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
-                         "X-Prometheus-Remote-Write-Version": "0.1.0", **config.headers}
-        for header, variable in config.headers_from_env.items():
-            value = env.get(variable)
-            if not value:
-                raise SinkSetupError(f"sinks.prometheus.headers_from_env.{header}: environment variable "
-                                     f"{variable} is not set")
-            self._headers[header] = value
+                         "X-Prometheus-Remote-Write-Version": "0.1.0",
+                         **headers_from(config.headers, config.headers_from_env, env, "sinks.prometheus")}
         self._session: aiohttp.ClientSession | None = None
 
     @property

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import services
+from tests.support.backend import CapturingBackend
 from tests.support.deployment import Deployment, deployments
 
 
@@ -53,3 +54,11 @@ def module_deployment(kafka_bootstrap: str, redis_url: str, request: pytest.Fixt
     name = request.module.__name__.rsplit(".", 1)[-1][:30]
     yield from deployments(kafka_bootstrap, redis_url, f"test.{name}.{uuid.uuid4().hex[:8]}",
                            tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture
+def backend() -> Iterator[CapturingBackend]:
+    """A real OTLP/HTTP receiver on 127.0.0.1 whose answers the test controls."""
+    server = CapturingBackend()
+    yield server
+    server.close()

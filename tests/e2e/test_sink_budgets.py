@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -15,13 +14,6 @@ from tests.support.backend import CapturingBackend
 from tests.support.deployment import Deployment, SinkProcess, read_raw
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def backend() -> Iterator[CapturingBackend]:
-    server = CapturingBackend()
-    yield server
-    server.close()
 
 
 def tenant_spans(backend: CapturingBackend, tenant: str) -> int:

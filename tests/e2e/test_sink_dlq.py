@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -19,13 +18,6 @@ from tests.support.backend import CapturingBackend
 from tests.support.deployment import RAMPART, Deployment
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def backend() -> Iterator[CapturingBackend]:
-    server = CapturingBackend()
-    yield server
-    server.close()
 
 
 def dlq_records(deployment: Deployment) -> list[tuple[dict[str, bytes], int]]:
