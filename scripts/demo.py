@@ -163,9 +163,11 @@ def run_app(config: RampartConfig, token: str) -> None:
             scrubbed = metric(config.stages.admin_listen, "rampart_stage_processor_events_total", 'processor="scrub"')
             exported = metric(config.sinks.admin_listen, "rampart_sink_exported_items_total", "")
             points = metric(_next_port(config.sinks.admin_listen), "rampart_sink_exported_items_total", "")
+            lag = sum(metric(admin, "rampart_consumer_lag_records", "") for admin in (
+                config.stages.admin_listen, config.sinks.admin_listen, _next_port(config.sinks.admin_listen)))
             print(f"[demo] {time.monotonic() - started:5.0f}s  batches: raw {counts['raw']}  clean {counts['clean']}  "
                   f"rejected {counts['rejected']}  quarantined {counts['quarantine']}   scrub matches {scrubbed}   "
-                  f"spans to Jaeger {exported}   metric points to Prometheus {points}", flush=True)
+                  f"spans to Jaeger {exported}   metric points to Prometheus {points}   lag {lag}", flush=True)
     except KeyboardInterrupt:
         print()
     finally:
