@@ -219,12 +219,17 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
                  lambda: worker.metrics.kafka_reachable.set(1 if worker.ready() else 0))
 
 
-def _partition_counts(config: RampartConfig, plan: TopicPlan) -> dict[Signal, int]:
-    metadata = admin_client(config.kafka, "rampart-worker").list_topics(timeout=30)
-    counts = {}
-    for signal, topic in plan.output.items():
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None:
-            raise WorkerSetupError(f"output topic {topic} does not exist: run `rampart topics create`")
-        counts[signal] = len(found.partitions)
-    return counts
+def _partition_counts(config: RampartConfig, plan: TopicPlan, wait_s: float = 30.0) -> dict[Signal, int]:
+    """Partitions of each output topic. Topics created a moment ago may take a little while to show in
+    the metadata, so missing ones are asked for again for up to ``wait_s`` before giving up."""
+    admin = admin_client(config.kafka, "rampart-worker")
+    deadline = time.monotonic() + wait_s
+    while True:
+        metadata = admin.list_topics(timeout=30)
+        missing = [t for t in plan.output.values()
+                   if metadata.topics.get(t) is None or metadata.topics[t].error is not None]
+        if not missing:
+            return {signal: len(metadata.topics[topic].partitions) for signal, topic in plan.output.items()}
+        if time.monotonic() > deadline:
+            raise WorkerSetupError(f"output topic {missing[0]} does not exist: run `rampart topics create`")
+        time.sleep(1)

@@ -304,8 +304,13 @@ class ExportBudgetConfig:
 class SinksConfig:
     # /metrics, /healthz, /readyz of a sink process.
     admin_listen: str = matching("127.0.0.1:9466", _LISTEN, _LISTEN_HINT)
-    # Batches exported at once per signal in one sink process.
+    # Exports in flight at once in one sink process.
     concurrency: int = bounded(4, min=1, max=256)
+    # Records (envelopes) of one tenant and signal combined into one export, within these limits; a
+    # batch leaves when full or when its oldest record has waited batch_max_wait_ms.
+    batch_max_records: int = bounded(16, min=1, max=1024)
+    batch_max_bytes: int = bounded(4 * 1024 * 1024, min=1024, max=256 * 1024 * 1024)
+    batch_max_wait_ms: int = bounded(100, min=0, max=60_000)
     # Retryable failures back off exponentially (with jitter) from initial to max, honouring Retry-After.
     initial_backoff_s: float = bounded(0.5, min=0.01, max=60.0)
     max_backoff_s: float = bounded(30.0, min=0.1, max=3600.0)

@@ -30,6 +30,7 @@ from rampart.streaming import ConsumerSpec, run_consumer
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, Signal, decode
 from sinks.base import ExportError, ExportRequest, PermanentExportError, Sink
+from sinks.batching import ExportBatcher
 from sinks.budget import ExportBudgets
 from sinks.otlp import OtlpHttpSink, SinkSetupError
 from sinks.otlp_grpc import OtlpGrpcSink
@@ -119,7 +120,7 @@ class _SinkWorker:
         self._policy = RetryPolicy(config.sinks.initial_backoff_s, config.sinks.max_backoff_s)
         self._breaker = CircuitBreaker(config.sinks.circuit_failure_threshold, config.sinks.circuit_open_s)
         self._budgets = budgets
-        self._exporting: asyncio.Semaphore | None = None  # created in the running loop
+        self._batcher: ExportBatcher | None = None  # created in the running loop
         self.publisher: Publisher | None = None
 
     def publisher_started(self) -> Publisher:
@@ -148,12 +149,9 @@ class _SinkWorker:
             return
         if not await self._within_budget(request, value, key, source):
             return
-        if self._exporting is None:
-            self._exporting = asyncio.Semaphore(self._config.sinks.concurrency)
         started = time.perf_counter()
         try:
-            async with self._exporting:  # held batches wait outside: they never take an export slot
-                left_out = await deliver(self._sink, request, self._policy, self._breaker, self._on_retry(signal))
+            left_out = await self._batcher_started().submit(request)
         except PermanentExportError as exc:
             log.warning("%s refused batch %s for good: %s", name, envelope.batch_id, exc)
             await self._publish(self._dead_letter(value, key, source, exc))
@@ -167,6 +165,20 @@ class _SinkWorker:
         self.metrics.export_seconds.labels(name, signal.value).observe(time.perf_counter() - started)
         self.metrics.end_to_end_seconds.labels(name, signal.value).observe(
             max(0.0, (time.time_ns() - envelope.received_at_ns) / 1e9))
+
+    def _batcher_started(self) -> ExportBatcher:
+        if self._batcher is None:
+            exporting = asyncio.Semaphore(self._config.sinks.concurrency)
+
+            async def export(request: ExportRequest) -> Mapping[str, int] | None:
+                async with exporting:  # held batches wait outside: they never take an export slot
+                    return await deliver(self._sink, request, self._policy, self._breaker,
+                                         self._on_retry(request.signal))
+
+            sinks = self._config.sinks
+            records = 1 if self._sink.name == "prometheus" else sinks.batch_max_records
+            self._batcher = ExportBatcher(export, records, sinks.batch_max_bytes, sinks.batch_max_wait_ms / 1000)
+        return self._batcher
 
     async def _within_budget(self, request: ExportRequest, value: bytes, key: bytes | None, source: str) -> bool:
         """Wait for, or (policy dead_letter) divert, a batch over its tenant's export budget."""
@@ -242,7 +254,8 @@ def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
     worker = _SinkWorker(config, sink, keyring, CollectorRegistry(), budgets)
     # Remote write refuses a sample older than one it already has for the series, so the Prometheus sink
     # exports one record at a time, in partition order.
-    concurrency = 1 if name == "prometheus" else config.sinks.concurrency
+    # Room for a full batch per export slot, so that records can be combined.
+    concurrency = 1 if name == "prometheus" else config.sinks.concurrency * config.sinks.batch_max_records
     holds = budgets is not None and config.sinks.budget_policy == "hold"
     if holds and name != "prometheus":
         concurrency += config.sinks.max_held_batches  # room for held batches beside the exporting ones

@@ -46,7 +46,7 @@ def test_refused_batches_go_to_the_dlq_and_replay_delivers_them(deployment: Depl
                                                                 backend: CapturingBackend) -> None:
     backend.status = 400
     deployment.start_worker("validate,scrub,dedup")
-    deployment.start_sink("otlp", RAMPART__SINKS__OTLP__ENDPOINT=backend.endpoint)
+    sink = deployment.start_sink("otlp", RAMPART__SINKS__OTLP__ENDPOINT=backend.endpoint)
     gateway = deployment.start_gateway()
     _, token = deployment.api_key()
     exporter = OTLPSpanExporter(endpoint=f"{gateway.http_url}/v1/traces", headers={"x-api-key": token})
@@ -61,7 +61,11 @@ def test_refused_batches_go_to_the_dlq_and_replay_delivers_them(deployment: Depl
         records = dlq_records(deployment)
     assert {h["rampart.dlq.answer"] for h, _ in records} == {b"payload refused by test backend"}
     assert all(h["rampart.dlq.reason"].endswith(b"answered 400") for h, _ in records)
-    assert backend.refused == len(records)  # a 400 is final: each batch was tried once
+    # A 400 is final: never retried. (A combined export that is refused is split, so each batch is
+    # tried alone once after at most one combined attempt.)
+    retries = [line for line in sink.metrics().splitlines() if line.startswith("rampart_sink_retries_total{")]
+    assert all(line.endswith(" 0.0") for line in retries)
+    assert len(records) <= backend.refused <= 2 * len(records)
 
     backend.status = None  # the cause is fixed
     result = subprocess.run([RAMPART, "dlq", "replay", "--sink", "otlp"], env=deployment.env(
