@@ -29,7 +29,7 @@ from processors.otlp import (
     subset,
     walk,
 )
-from rampart.audit import audit_record
+from rampart.audit import audit_record, quarantine_records
 from rampart.keyring import KeyRing, SignatureError
 from rampart.publisher import Record
 from rampart.topics import TopicNames
@@ -165,15 +165,8 @@ class StageChain:
     def _quarantine(self, outcome: ChainOutcome, signal: Signal, value: bytes, key: bytes | None, source: str,
                     reason: str, detail: str) -> None:
         outcome.quarantine_reason = reason
-        headers = [("rampart.quarantine.reason", reason.encode()),
-                   ("rampart.quarantine.detail", detail[:_MAX_DETAIL].encode()),
-                   ("rampart.quarantine.stage", self._component.encode()),
-                   ("rampart.quarantine.source", source.encode())]
-        outcome.records.append(Record(self._topics.quarantine(signal), value, key, None, headers))
-        record = audit_record("quarantined", self._component, self._instance, reason=reason,
-                              detail=detail[:_MAX_DETAIL], signal=signal.value, source=source)
-        outcome.records.append(Record(self._topics.audit(), json.dumps(record, sort_keys=True).encode()))
-        log.warning("quarantined a record from %s: %s", source, reason)
+        outcome.records += quarantine_records(self._topics, signal, value, key, source, reason, detail,
+                                              self._component, self._instance)
 
     def _audit(self, outcome: ChainOutcome, event: str, envelope: Envelope, **fields: str) -> None:
         record = audit_record(event, self._component, self._instance, envelope.tenant, envelope.principal, **fields)

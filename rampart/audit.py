@@ -13,7 +13,13 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-__all__ = ["AuditLog", "audit_record"]
+from rampart.publisher import Record
+from rampart.topics import TopicNames
+from schemas.envelope import Signal
+
+__all__ = ["AuditLog", "audit_record", "quarantine_records"]
+
+_MAX_DETAIL = 500
 
 log = logging.getLogger("rampart.audit")
 
@@ -23,6 +29,21 @@ def audit_record(event: str, component: str, instance: str, tenant: str = "", pr
     """One audit event as a JSON-ready mapping (the value of a record on the audit topic)."""
     return {"ts": time.time(), "event": event, "component": component, "instance": instance, "tenant": tenant,
             "principal": principal, **fields}
+
+
+def quarantine_records(topics: TopicNames, signal: Signal, value: bytes, key: bytes | None, source: str,
+                       reason: str, detail: str, component: str, instance: str) -> list[Record]:
+    """What every consumer produces for a record it cannot trust or read: the record untouched on the
+    quarantine topic, its reason in headers (``rampart quarantine`` and operators read them), and a
+    ``quarantined`` audit event."""
+    detail = detail[:_MAX_DETAIL]
+    headers = [("rampart.quarantine.reason", reason.encode()), ("rampart.quarantine.detail", detail.encode()),
+               ("rampart.quarantine.stage", component.encode()), ("rampart.quarantine.source", source.encode())]
+    event = audit_record("quarantined", component, instance, reason=reason, detail=detail, signal=signal.value,
+                         source=source)
+    log.warning("quarantined a record from %s: %s", source, reason)
+    return [Record(topics.quarantine(signal), value, key, None, headers),
+            Record(topics.audit(), json.dumps(event, sort_keys=True).encode())]
 
 
 class AuditLog:

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from processors.otlp import OtlpDecodeError, count_items, decode_payload, resources
-from rampart.audit import audit_record
+from rampart.audit import audit_record, quarantine_records
 from rampart.config import RampartConfig
 from rampart.keyring import KeyRing, KeyringError, SignatureError, load_keyring
 from rampart.publisher import Publisher, PublishError, Record, publish_until_acknowledged
@@ -144,7 +144,8 @@ class _SinkWorker:
             request = export_request(signal, envelope, self._config.sinks.otlp.tenant_attribute)
         except (EnvelopeError, SignatureError, OtlpDecodeError) as exc:
             reason = getattr(exc, "reason", "malformed_envelope")
-            await self._publish(self._quarantine(signal, value, key, source, reason, str(exc)))
+            await self._publish(quarantine_records(self._topics, signal, value, key, source, reason, str(exc),
+                                                   f"sink.{name}", self._instance))
             self.metrics.batches.labels(name, signal.value, "quarantined").inc()
             return
         if not await self._within_budget(request, value, key, source):
@@ -218,16 +219,6 @@ class _SinkWorker:
         headers = [("rampart.dlq.sink", self._sink.name.encode()), ("rampart.dlq.reason", str(exc)[:500].encode()),
                    ("rampart.dlq.answer", exc.answer[:500].encode()), ("rampart.dlq.source", source.encode())]
         return [Record(self._topics.dlq(self._sink.name), value, key, None, headers)]
-
-    def _quarantine(self, signal: Signal, value: bytes, key: bytes | None, source: str, reason: str,
-                    detail: str) -> list[Record]:
-        headers = [("rampart.quarantine.reason", reason.encode()), ("rampart.quarantine.detail", detail[:500].encode()),
-                   ("rampart.quarantine.stage", f"sink.{self._sink.name}".encode()),
-                   ("rampart.quarantine.source", source.encode())]
-        event = audit_record("quarantined", f"sink.{self._sink.name}", self._instance, reason=reason,
-                             detail=detail[:500], signal=signal.value, source=source)
-        return [Record(self._topics.quarantine(signal), value, key, None, headers),
-                Record(self._topics.audit(), json.dumps(event, sort_keys=True).encode())]
 
     async def _publish(self, records: list[Record]) -> None:
         def note(exc: PublishError) -> None:
