@@ -83,3 +83,14 @@ def test_gateway_with_unreadable_tls_files_stops_with_a_clear_error(tmp_path: Pa
     assert main(["--config", str(config), "keys", "generate", "--id", "gw"], env={}) == 0
     assert main(["--config", str(config), "gateway"], env={}) == 2
     assert "No such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["worker", "--stages", "validate"], ["sink", "otlp"]])
+def test_consumers_refuse_kafka_security_they_cannot_apply(command: list[str], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    keyfile = tmp_path / "keys.yaml"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"keyring:\n  file: {keyfile}\nkafka:\n  security_protocol: SASL_SSL\n")
+    assert main(["--config", str(config), "keys", "generate", "--id", "w"], env={}) == 0
+    assert main(["--config", str(config), *command], env={}) == 2
+    assert "PLAINTEXT" in capsys.readouterr().err
