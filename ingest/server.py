@@ -11,7 +11,6 @@ import ssl
 from collections.abc import Mapping
 
 import redis
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +26,7 @@ from rampart.audit import AuditLog
 from rampart.config import RampartConfig
 from rampart.keyring import KeyringError, load_keyring
 from rampart.publisher import Publisher
+from rampart.stores import async_redis_client, redis_client
 from rampart.topics import TopicNames
 
 __all__ = ["GatewayStartupError", "run_gateway"]
@@ -36,15 +36,6 @@ log = logging.getLogger(__name__)
 
 class GatewayStartupError(Exception):
     """The gateway cannot start with this config (bad key ring, unreadable TLS files, port in use)."""
-
-
-def redis_clients(config: RampartConfig) -> tuple[redis.Redis, aioredis.Redis]:
-    password = config.redis.password.reveal() if config.redis.password else None
-    timeout = config.redis.socket_timeout_s
-    return (redis.Redis.from_url(config.redis.url, password=password, socket_timeout=timeout,
-                                 socket_connect_timeout=timeout),
-            aioredis.Redis.from_url(config.redis.url, password=password, socket_timeout=timeout,
-                                    socket_connect_timeout=timeout))
 
 
 async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
@@ -61,7 +52,7 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
     loop = asyncio.get_running_loop()
     registry = CollectorRegistry()
     metrics = GatewayMetrics.create(registry)
-    sync_redis, async_redis = redis_clients(config)
+    sync_redis, async_redis = redis_client(config), async_redis_client(config)
     keys = ApiKeyCache(ApiKeyRegistry(sync_redis, config.redis.key_prefix))
     topics = TopicNames(config.topics.prefix)
     publisher = Publisher(config.kafka, f"rampart-gateway-{gateway_id}", loop,

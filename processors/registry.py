@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
-import redis
-
 from processors.base import Processor
 from processors.dedup import DedupProcessor, RedisMarks
 from processors.scrub import ScrubProcessor
 from processors.validate import ValidateProcessor
 from rampart.config import RampartConfig
+from rampart.stores import redis_client
 
 __all__ = ["ENTRY_POINT_GROUP", "UnknownProcessor", "available", "build"]
 
@@ -30,10 +29,7 @@ Factory = Callable[[RampartConfig, Mapping[str, str]], Processor]
 
 
 def _dedup(config: RampartConfig, env: Mapping[str, str]) -> Processor:
-    password = config.redis.password.reveal() if config.redis.password else None
-    client = redis.Redis.from_url(config.redis.url, password=password, socket_timeout=config.redis.socket_timeout_s,
-                                  socket_connect_timeout=config.redis.socket_timeout_s)
-    return DedupProcessor(config.dedup, RedisMarks(client), config.redis.key_prefix)
+    return DedupProcessor(config.dedup, RedisMarks(redis_client(config)), config.redis.key_prefix)
 
 
 BUILT_IN: dict[str, Factory] = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from processors.registry import build
 from rampart.config import RampartConfig
 from rampart.kafka import admin_client
 from rampart.keyring import KeyringError, load_keyring
-from rampart.publisher import Publisher, PublishError, publish_until_acknowledged
+from rampart.publisher import Publisher, PublishError, publish_until_acknowledged, retry_delay_s
 from rampart.streaming import ConsumerSpec, run_consumer
 from rampart.topics import TopicNames
 from schemas.envelope import Signal
@@ -38,7 +37,6 @@ __all__ = ["StageMetrics", "WorkerSetupError", "plan_topics", "run_worker"]
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _LATENCY_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -175,7 +173,7 @@ class _Worker:
             except ProcessorUnavailable as exc:
                 log.warning("retrying %s: %s", source, exc)
                 self.metrics.retries.labels(self.stage, "state_store").inc()
-                await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)] * (0.5 + random.random()))  # noqa: S311
+                await asyncio.sleep(retry_delay_s(attempt))
                 attempt += 1
         await publish_until_acknowledged(self.publisher_started(), outcome.records, self._kafka_retry)
         self.metrics.observe(self.stage, signal, outcome, time.perf_counter() - started)

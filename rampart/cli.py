@@ -16,7 +16,7 @@ import redis
 from confluent_kafka import KafkaException
 
 from ingest.apikeys import ApiKeyRegistry
-from ingest.server import GatewayStartupError, redis_clients, run_gateway
+from ingest.server import GatewayStartupError, run_gateway
 from processors.runtime import WorkerSetupError, run_worker
 from processors.scrub import ScrubSetupError
 from rampart.audit import AuditLog
@@ -32,6 +32,7 @@ from rampart.kafka import admin_client, producer
 from rampart.keyring import KeyringError, load_keyring, write_key
 from rampart.logs import setup_logging
 from rampart.settings import redacted
+from rampart.stores import redis_client
 from rampart.topics import TopicNames, create_topics
 from schemas.envelope import Signal
 from sinks.otlp import SinkSetupError
@@ -233,7 +234,7 @@ def _dlq_replay(args: argparse.Namespace, config: RampartConfig, env: Mapping[st
 
 
 def _registry(config: RampartConfig) -> ApiKeyRegistry:
-    return ApiKeyRegistry(redis_clients(config)[0], config.redis.key_prefix)
+    return ApiKeyRegistry(redis_client(config), config.redis.key_prefix)
 
 
 def _apikeys_create(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rampart.config import KafkaConfig
 from rampart.kafka import producer_properties
 
-__all__ = ["PublishError", "Publisher", "Record", "RecordTooLarge", "publish_until_acknowledged"]
+__all__ = ["PublishError", "Publisher", "Record", "RecordTooLarge", "publish_until_acknowledged", "retry_delay_s"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,11 @@ class Publisher:
         log.warning("Kafka client error: %s", err.name())
 
 
+def retry_delay_s(attempt: int) -> float:
+    """Backoff for the n-th retry of an internal dependency (Kafka, Redis): 0.2 s growing to 5 s, jittered."""
+    return _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)] * (0.5 + random.random())  # noqa: S311 - jitter
+
+
 async def publish_until_acknowledged(publisher: Publisher, records: list[Record],
                                      on_retry: Callable[[PublishError], None]) -> None:
     """Produce all ``records`` and wait for Kafka to acknowledge every one, retrying with backoff for as
@@ -143,8 +148,7 @@ async def publish_until_acknowledged(publisher: Publisher, records: list[Record]
             return
         except PublishError as exc:
             on_retry(exc)
-            delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not secrecy
+            await asyncio.sleep(retry_delay_s(attempt))
             attempt += 1
 
 

@@ -13,7 +13,7 @@ import io
 import json
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 from typing import Any
@@ -66,10 +66,6 @@ class Envelope:
     attributes: Mapping[str, str] = field(default_factory=dict)
     key_id: str = ""
     signature: bytes = b""
-
-    def with_stage(self, stage: str) -> Envelope:
-        """A copy that records ``stage`` as passed; its signature must be made anew."""
-        return replace(self, stages=(*self.stages, stage), key_id="", signature=b"")
 
     def signed_header(self) -> bytes:
         """Canonical bytes of every field except ``payload`` and ``signature``.

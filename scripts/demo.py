@@ -34,10 +34,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from ingest.apikeys import ApiKeyRegistry
-from ingest.server import redis_clients
 from rampart.config import RampartConfig, load_config
 from rampart.kafka import admin_client, consumer
 from rampart.keyring import write_key
+from rampart.stores import redis_client
 from rampart.topics import TopicNames, create_topics
 from schemas.envelope import Signal
 
@@ -63,7 +63,7 @@ def main() -> int:
     say(f"topics: {len(report.created)} created, {len(report.existing)} already there "
         f"(prefix {config.topics.prefix!r}, {config.topics.partitions} partitions)")
 
-    registry = ApiKeyRegistry(redis_clients(config)[0], config.redis.key_prefix)
+    registry = ApiKeyRegistry(redis_client(config), config.redis.key_prefix)
     key, token = registry.create("demo", list(Signal), "make demo")
     say(f"issued API key {key.key_id} for tenant 'demo' (all signals)")
 

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
@@ -26,6 +25,7 @@ from rampart.audit import audit_record, quarantine_records
 from rampart.config import RampartConfig
 from rampart.keyring import KeyRing, KeyringError, SignatureError, load_keyring
 from rampart.publisher import Publisher, PublishError, Record, publish_until_acknowledged
+from rampart.stores import async_redis_client
 from rampart.streaming import ConsumerSpec, run_consumer
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, Signal, decode
@@ -241,10 +241,7 @@ def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
     topics = TopicNames(config.topics.prefix)
     budgets = None
     if config.sinks.budgets:
-        password = config.redis.password.reveal() if config.redis.password else None
-        client = aioredis.Redis.from_url(config.redis.url, password=password,
-                                         socket_timeout=config.redis.socket_timeout_s)
-        budgets = ExportBudgets(client, config.redis.key_prefix, name, config.sinks.budgets)
+        budgets = ExportBudgets(async_redis_client(config), config.redis.key_prefix, name, config.sinks.budgets)
     worker = _SinkWorker(config, sink, keyring, CollectorRegistry(), budgets)
     # Remote write refuses a sample older than one it already has for the series, so the Prometheus sink
     # exports one record at a time, in partition order.

@@ -110,8 +110,3 @@ def test_arbitrary_bytes_never_crash(data: bytes) -> None:
     with contextlib.suppress(EnvelopeError):
         decode(data)
 
-
-def test_with_stage_appends_and_clears_signature() -> None:
-    moved = sample().with_stage("scrub")
-    assert moved.stages == ("gateway", "validate", "scrub")
-    assert moved.signature == b"" and moved.key_id == ""
