@@ -200,8 +200,6 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
         processors = build(stages, config, env)
     except ValueError as exc:
         raise WorkerSetupError(str(exc)) from None
-    if config.kafka.security_protocol != "PLAINTEXT":
-        raise WorkerSetupError("kafka.security_protocol other than PLAINTEXT is not yet passed to the stage runtime")
     partitions = _partition_counts(config, plan)
     first_stage = stages[0] == config.stages.pipeline[0] and input_template is None
     chain = StageChain(names=stages, processors=processors, keyring=keyring,

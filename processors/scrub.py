@@ -25,6 +25,7 @@ from typing import Any
 from processors.base import Batch, Processor, Result
 from processors.otlp import resources, walk
 from rampart.config import DetectorConfig, ScrubAction, ScrubConfig, default_detectors
+from rampart.settings import ConfigError, env_secret
 from schemas.envelope import PayloadFormat, Signal
 
 __all__ = ["DETECTORS", "ScrubProcessor", "ScrubSetupError", "luhn_valid"]
@@ -360,7 +361,10 @@ def _rules(config: ScrubConfig) -> list[_Rule]:
 
 
 def _hash_key(config: ScrubConfig, env: Mapping[str, str]) -> bytes:
-    raw = env.get(config.hash_key_env, "")
+    try:
+        raw = env_secret(env, config.hash_key_env) or ""
+    except ConfigError as exc:
+        raise ScrubSetupError(str(exc)) from None
     try:
         key = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):

@@ -65,6 +65,12 @@ class KafkaConfig:
     ssl_ca_location: str | None = path_field()
     ssl_certificate_location: str | None = path_field()
     ssl_key_location: str | None = path_field()
+    ssl_key_password: Secret | None = secret_field()
+    # OAUTHBEARER: tokens from an OIDC provider's token endpoint (client-credentials grant).
+    sasl_oauthbearer_token_endpoint_url: str | None = None
+    sasl_oauthbearer_client_id: str | None = None
+    sasl_oauthbearer_client_secret: Secret | None = secret_field()
+    sasl_oauthbearer_scope: str | None = None
     # The largest record a producer may send. The broker's message.max.bytes (and every topic's
     # max.message.bytes) must be at least this; the local broker and `rampart topics create` use it.
     max_message_bytes: int = bounded(10 * 1024 * 1024, min=1024 * 1024, max=256 * 1024 * 1024)
@@ -361,4 +367,32 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> RampartConfi
     """
     data = parse_yaml_file(path)
     config = load(RampartConfig, data, path, os.environ if env is None else env)
+    check_kafka_security(config.kafka, path)
     return replace(resolve_paths(config, os.path.dirname(os.path.abspath(path))), source=path)
+
+
+def check_kafka_security(kafka: KafkaConfig, source: str) -> None:
+    """Settings that only make sense together: caught at start-up rather than as a failed handshake later."""
+    sasl = kafka.security_protocol.startswith("SASL_")
+    if sasl and kafka.sasl_mechanism is None:
+        raise ConfigError("kafka.sasl_mechanism", source,
+                          f"security_protocol {kafka.security_protocol} needs a mechanism: PLAIN, SCRAM-SHA-256, "
+                          "SCRAM-SHA-512 or OAUTHBEARER")
+    if not sasl and kafka.sasl_mechanism is not None:
+        raise ConfigError("kafka.sasl_mechanism", source,
+                          f"set, but security_protocol is {kafka.security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)")
+    if kafka.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        for key in ("sasl_username", "sasl_password"):
+            if getattr(kafka, key) is None:
+                raise ConfigError(f"kafka.{key}", source, f"required by sasl_mechanism {kafka.sasl_mechanism}")
+    if kafka.sasl_mechanism == "OAUTHBEARER":
+        for key in ("sasl_oauthbearer_token_endpoint_url", "sasl_oauthbearer_client_id",
+                    "sasl_oauthbearer_client_secret"):
+            if getattr(kafka, key) is None:
+                raise ConfigError(f"kafka.{key}", source, "required by sasl_mechanism OAUTHBEARER")
+    if (kafka.ssl_certificate_location is None) != (kafka.ssl_key_location is None):
+        raise ConfigError("kafka.ssl_key_location", source,
+                          "a client certificate needs both ssl_certificate_location and ssl_key_location")
+    if kafka.ssl_certificate_location is not None and not kafka.security_protocol.endswith("SSL"):
+        raise ConfigError("kafka.ssl_certificate_location", source,
+                          f"set, but security_protocol is {kafka.security_protocol}: use SSL or SASL_SSL")

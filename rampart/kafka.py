@@ -34,7 +34,18 @@ def client_properties(config: KafkaConfig, client_id: str) -> dict[str, Any]:
         "ssl.ca.location": config.ssl_ca_location,
         "ssl.certificate.location": config.ssl_certificate_location,
         "ssl.key.location": config.ssl_key_location,
+        "ssl.key.password": config.ssl_key_password.reveal() if config.ssl_key_password else None,
     }
+    if config.sasl_mechanism == "OAUTHBEARER":
+        # librdkafka runs the client-credentials grant itself and refreshes the token before it expires.
+        secret = config.sasl_oauthbearer_client_secret
+        optional.update({
+            "sasl.oauthbearer.method": "oidc",
+            "sasl.oauthbearer.token.endpoint.url": config.sasl_oauthbearer_token_endpoint_url,
+            "sasl.oauthbearer.client.id": config.sasl_oauthbearer_client_id,
+            "sasl.oauthbearer.client.secret": secret.reveal() if secret else None,
+            "sasl.oauthbearer.scope": config.sasl_oauthbearer_scope,
+        })
     props.update({k: v for k, v in optional.items() if v is not None})
     props.update(config.extra)
     return props

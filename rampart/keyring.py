@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import yaml
 
 from rampart.config import KeyringConfig
+from rampart.settings import ConfigError, env_secret
 from schemas.envelope import Envelope
 
 __all__ = ["KeyRing", "KeyringError", "SignatureError", "generate_key", "load_keyring", "write_key"]
@@ -109,7 +110,10 @@ def load_keyring(config: KeyringConfig, env: Mapping[str, str]) -> KeyRing:
     if config.file is not None:
         keys, file_signing_id = _read_key_file(config.file)
         return KeyRing(keys, config.signing_key_id or file_signing_id)
-    raw = env.get(config.env_var)
+    try:
+        raw = env_secret(env, config.env_var)
+    except ConfigError as exc:
+        raise KeyringError(str(exc)) from None
     if not raw:
         raise KeyringError(f"no keys: set keyring.file in the config or the environment variable "
                            f"{config.env_var} (as 'id:base64[,id:base64...]'); "

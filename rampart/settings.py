@@ -23,6 +23,10 @@ T = TypeVar("T")
 ENV_PREFIX = "RAMPART__"
 """Environment overrides are ``RAMPART__<SECTION>__<KEY>=value`` (double underscores separate levels)."""
 
+FILE_SUFFIX = "_file"
+"""A secret key ``k`` may instead be given as ``k_file: PATH`` (or ``RAMPART__…__K_FILE=PATH``): its value is
+read from that file, which is how container secrets (``/run/secrets/…``) reach Rampart."""
+
 
 class ConfigError(Exception):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
@@ -106,6 +110,32 @@ def load(cls: type[T], data: Mapping[str, Any], source: str, env: Mapping[str, s
     return _build(cls, merged, "", source)
 
 
+def env_secret(env: Mapping[str, str], name: str) -> str | None:
+    """The value of the environment variable ``name``, or else the content of the file named by ``name_FILE``.
+
+    Secrets Rampart reads by variable name (key rings, hash keys, backend credentials) can so be
+    mounted as files rather than put into the environment, where they leak into `ps` and crash dumps.
+    """
+    value = env.get(name)
+    if value is not None:
+        return value
+    path = env.get(f"{name}_FILE")
+    if path is None:
+        return None
+    return _read_secret_file(path, f"environment variable {name}_FILE")
+
+
+def _read_secret_file(path: str, source: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            # Files written by editors and `echo` end with a newline that is not part of the secret.
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError("", source, f"cannot read secret file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", source, f"secret file {path} is not UTF-8 text") from None
+
+
 def parse_yaml_file(path: str) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; every failure is a ConfigError naming the file."""
     try:
@@ -148,9 +178,10 @@ def redacted(obj: object) -> Any:
 class _EnvValue:
     """A raw string from the environment; parsed with the field's type, reported with its name."""
 
-    def __init__(self, raw: str, name: str) -> None:
+    def __init__(self, raw: str, name: str, where: str | None = None) -> None:
         self.raw = raw
         self.name = name
+        self.where = where or f"environment variable {name}"
 
 
 def _set_path(root: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -175,6 +206,7 @@ def _build(cls: type[T], data: Any, prefix: str, source: str) -> T:
         raise ConfigError(prefix, source, f"expected a mapping, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    data = _read_secret_files(data, fields, prefix, source)
     for key in data:
         if key not in fields or fields[key].metadata.get("internal"):
             known = ", ".join(sorted(n for n, f in fields.items() if not f.metadata.get("internal")))
@@ -188,6 +220,33 @@ def _build(cls: type[T], data: Any, prefix: str, source: str) -> T:
         elif f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(key, source, "required key is missing")
     return cls(**kwargs)
+
+
+def _read_secret_files(data: Mapping[str, Any], fields: Mapping[str, dataclasses.Field[Any]], prefix: str,
+                       source: str) -> Mapping[str, Any]:
+    """Replace each ``<secret>_file: PATH`` with ``<secret>: <content of PATH>``."""
+    out = dict(data)
+    for key in data:
+        base = str(key)[:-len(FILE_SUFFIX)] if str(key).endswith(FILE_SUFFIX) else None
+        if base is None or key in fields or base not in fields or not fields[base].metadata.get("secret"):
+            continue
+        value, where = out.pop(key), _where(data[key], source)
+        path = value.raw if isinstance(value, _EnvValue) else value
+        if not isinstance(path, str) or not path:
+            raise ConfigError(_join(prefix, str(key)), where, f"expected a file path, got {_describe(value)}")
+        if base in data:
+            from_env, base_from_env = isinstance(value, _EnvValue), isinstance(data[base], _EnvValue)
+            if from_env == base_from_env:
+                raise ConfigError(_join(prefix, base), where, f"set either {base} or {key}, not both")
+            if base_from_env:
+                continue  # the environment overrides the file, whichever form either uses
+        if not isinstance(value, _EnvValue) and not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(source), path)  # like every path in the file: relative to it
+        try:
+            out[base] = _EnvValue(_read_secret_file(path, where), str(key), f"secret file {path} (from {where})")
+        except ConfigError as exc:
+            raise ConfigError(_join(prefix, str(key)), exc.source, exc.problem) from None
+    return out
 
 
 def _convert(tp: Any, value: Any, key: str, source: str, meta: Mapping[str, Any]) -> Any:
@@ -278,7 +337,7 @@ def _is_null(value: Any) -> bool:
 def _where(value: Any, source: str) -> str:
     """The environment variable that supplied ``value`` (or anything inside it), else the file."""
     if isinstance(value, _EnvValue):
-        return f"environment variable {value.name}"
+        return value.where
     if isinstance(value, Mapping):
         for inner in value.values():
             where = _where(inner, source)

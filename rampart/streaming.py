@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,10 @@ from prometheus_client import CollectorRegistry, Gauge
 from rampart.admin import build_admin_app, split_listen
 from rampart.config import KafkaConfig, RampartConfig
 from rampart.kafka import consumer_properties
+from rampart.oauth import OidcTokenProvider
 from schemas.envelope import Signal
 
-__all__ = ["ConsumerSpec", "Handler", "LagProbe", "run_consumer"]
+__all__ = ["ConsumerSpec", "Handler", "LagProbe", "faust_credentials", "run_consumer"]
 
 _LAG_INTERVAL_S = 10.0
 
@@ -81,6 +83,31 @@ class LagProbe:
         self._consumer.close()
 
 
+def faust_credentials(config: KafkaConfig) -> faust.types.auth.CredentialsT | None:
+    """The same security settings librdkafka gets (rampart.kafka), in the form faust hands to aiokafka.
+
+    ``kafka.extra`` holds librdkafka properties and has no aiokafka counterpart: it is not applied here.
+    """
+    protocol = config.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=config.ssl_ca_location)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if config.ssl_certificate_location and config.ssl_key_location:
+            context.load_cert_chain(config.ssl_certificate_location, config.ssl_key_location,
+                                    config.ssl_key_password.reveal() if config.ssl_key_password else None)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if config.sasl_mechanism == "OAUTHBEARER":
+        return faust.OAuthCredentials(oauth_cb=OidcTokenProvider(config), ssl_context=context)
+    # faust picks SASL_SSL when given a context and SASL_PLAINTEXT otherwise, as configured.
+    return faust.SASLCredentials(
+        username=config.sasl_username, password=config.sasl_password.reveal() if config.sasl_password else None,
+        ssl_context=context, mechanism=config.sasl_mechanism)
+
+
 def run_consumer(config: RampartConfig, spec: ConsumerSpec, handler: Handler, registry: CollectorRegistry,
                  ready: Callable[[], bool], on_start: Callable[[], object], tick: Callable[[], None]) -> None:
     """Run the group until SIGTERM/SIGINT: ``on_start`` once in the event loop, ``tick`` every 2 s."""
@@ -88,6 +115,7 @@ def run_consumer(config: RampartConfig, spec: ConsumerSpec, handler: Handler, re
     app = faust.App(
         spec.group_id, broker=servers, web_enabled=False, topic_allow_declare=False, topic_disable_leader=True,
         value_serializer="raw", key_serializer="raw", consumer_auto_offset_reset="earliest",
+        broker_credentials=faust_credentials(config.kafka),
         consumer_max_fetch_size=config.kafka.max_message_bytes,
         producer_max_request_size=config.kafka.max_message_bytes,
         broker_commit_interval=1.0, stream_wait_empty=spec.wait_empty,

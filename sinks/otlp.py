@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from rampart.config import OtlpSinkConfig
+from rampart.settings import ConfigError, env_secret
 from schemas.envelope import Signal
 from sinks.base import ExportRequest, PermanentExportError, RetryableExportError, Sink
 
@@ -28,7 +29,10 @@ def headers_from(static: Mapping[str, str], from_env: Mapping[str, str], env: Ma
     """Configured headers plus those whose values come from environment variables (credentials)."""
     headers = dict(static)
     for header, variable in from_env.items():
-        value = env.get(variable)
+        try:
+            value = env_secret(env, variable)
+        except ConfigError as exc:
+            raise SinkSetupError(str(exc)) from None
         if not value:
             raise SinkSetupError(f"{section}.headers_from_env.{header}: environment variable {variable} is not set")
         headers[header] = value

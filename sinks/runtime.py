@@ -233,9 +233,6 @@ def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
         keyring = load_keyring(config.keyring, env)
     except KeyringError as exc:
         raise SinkSetupError(str(exc)) from None
-    if config.kafka.security_protocol != "PLAINTEXT":
-        raise SinkSetupError("kafka.security_protocol other than PLAINTEXT is not yet passed to the consumer "
-                             "runtime of sinks")
     sink = build_sink(name, config, env)
     signals = sink.signals
     topics = TopicNames(config.topics.prefix)

@@ -85,12 +85,12 @@ def test_gateway_with_unreadable_tls_files_stops_with_a_clear_error(tmp_path: Pa
     assert "No such file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["worker", "--stages", "validate"], ["sink", "otlp"]])
-def test_consumers_refuse_kafka_security_they_cannot_apply(command: list[str], tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    keyfile = tmp_path / "keys.yaml"
+@pytest.mark.parametrize("command", [["gateway"], ["worker", "--stages", "validate"], ["sink", "otlp"]])
+def test_every_role_refuses_incomplete_kafka_security(command: list[str], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(f"keyring:\n  file: {keyfile}\nkafka:\n  security_protocol: SASL_SSL\n")
-    assert main(["--config", str(config), "keys", "generate", "--id", "w"], env={}) == 0
+    config.write_text("kafka:\n  security_protocol: SASL_SSL\n  sasl_mechanism: SCRAM-SHA-512\n"
+                      "  sasl_username: rampart\n")
     assert main(["--config", str(config), *command], env={}) == 2
-    assert "PLAINTEXT" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kafka.sasl_password" in err and "required by sasl_mechanism SCRAM-SHA-512" in err

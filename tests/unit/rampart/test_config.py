@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rampart.config import ConfigError, RampartConfig, load_config
-from rampart.settings import Secret, load, redacted
+from rampart.settings import Secret, env_secret, load, redacted
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "config" / "rampart.example.yaml"
 
@@ -130,3 +130,70 @@ def test_secrets_are_hidden(tmp_path: Path) -> None:
     assert config.kafka.sasl_password.reveal() == "hunter2"
     shown = repr(config) + str(redacted(config))
     assert "hunter2" not in shown and "swordfish" not in shown
+
+
+def test_secret_from_a_file_next_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "kafka-password").write_text("s3cret\n")  # the newline editors add is not part of it
+    config = load_config(write(tmp_path, "redis:\n  password_file: kafka-password\n"), env={})
+    assert config.redis.password == Secret("s3cret")
+    assert redacted(config)["redis"]["password"] == "********"
+
+
+def test_secret_from_a_file_named_by_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "mounted"
+    secret.write_text("from-a-mount")
+    env = {"RAMPART__KAFKA__SASL_PASSWORD_FILE": str(secret)}
+    sasl = "kafka:\n  security_protocol: SASL_SSL\n  sasl_mechanism: PLAIN\n  sasl_username: u\n"
+    assert load_config(write(tmp_path, sasl), env=env).kafka.sasl_password == Secret("from-a-mount")
+    # As with every key, the environment overrides the file.
+    overridden = load_config(write(tmp_path, sasl + "  sasl_password: in-the-file\n"), env=env)
+    assert overridden.kafka.sasl_password == Secret("from-a-mount")
+
+
+def test_secret_given_twice_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "mounted"
+    secret.write_text("x")
+    with pytest.raises(ConfigError, match="set either sasl_password or sasl_password_file"):
+        load_config(write(tmp_path, f"kafka:\n  sasl_password: y\n  sasl_password_file: {secret}\n"), env={})
+
+
+def test_missing_secret_file_names_key_variable_and_path(tmp_path: Path) -> None:
+    env = {"RAMPART__REDIS__PASSWORD_FILE": "/run/secrets/nope"}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, ""), env=env)
+    message = str(info.value)
+    assert "redis.password_file" in message and "RAMPART__REDIS__PASSWORD_FILE" in message
+    assert "/run/secrets/nope" in message
+
+
+def test_file_form_only_for_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.sasl_username_file.*unknown key"):
+        load_config(write(tmp_path, "kafka:\n  sasl_username_file: /etc/hostname\n"), env={})
+
+
+def test_env_secret_reads_variable_or_its_file(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("abc\n")
+    assert env_secret({"K": "direct", "K_FILE": str(secret)}, "K") == "direct"
+    assert env_secret({"K_FILE": str(secret)}, "K") == "abc"
+    assert env_secret({}, "K") is None
+    with pytest.raises(ConfigError, match=r"K_FILE.*cannot read secret file"):
+        env_secret({"K_FILE": str(tmp_path / "missing")}, "K")
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), [
+    ("security_protocol: SASL_SSL", "kafka.sasl_mechanism", "needs a mechanism"),
+    ("sasl_mechanism: PLAIN", "kafka.sasl_mechanism", "use SASL_SSL"),
+    ("security_protocol: SASL_SSL\n  sasl_mechanism: SCRAM-SHA-256\n  sasl_password: p", "kafka.sasl_username",
+     "required by sasl_mechanism SCRAM-SHA-256"),
+    ("security_protocol: SASL_SSL\n  sasl_mechanism: OAUTHBEARER\n  sasl_oauthbearer_client_id: c",
+     "kafka.sasl_oauthbearer_token_endpoint_url", "required by sasl_mechanism OAUTHBEARER"),
+    ("security_protocol: SSL\n  ssl_certificate_location: c.pem", "kafka.ssl_key_location", "needs both"),
+    ("ssl_certificate_location: c.pem\n  ssl_key_location: k.pem", "kafka.ssl_certificate_location",
+     "use SSL or SASL_SSL"),
+])
+def test_kafka_security_settings_that_do_not_fit_together(tmp_path: Path, text: str, key: str,
+                                                          expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"kafka:\n  {text}\n"), env={})
+    assert info.value.key == key and expected in info.value.problem
