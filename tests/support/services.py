@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -55,3 +57,38 @@ def require_prometheus() -> str:
 def require_jaeger() -> str:
     _require_http("Jaeger", f"{JAEGER_QUERY_URL}/api/services")
     return JAEGER_QUERY_URL
+
+
+KAFKA_SASL_SSL_BOOTSTRAP = "127.0.0.1:9094"
+KAFKA_MTLS_BOOTSTRAP = "127.0.0.1:9095"
+KAFKA_TLS_DIR = Path(__file__).resolve().parents[2] / ".cache" / "services" / "kafka" / "tls"
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """The local broker's secured listeners (scripts/services): SASL over TLS and mutual TLS."""
+
+    sasl_ssl_bootstrap: str
+    mtls_bootstrap: str
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    plain_username: str
+    plain_password: str
+
+
+def require_kafka_security() -> KafkaSecurity:
+    restart = "restart Kafka with `scripts/services down kafka && scripts/services up kafka`"
+    if not (KAFKA_TLS_DIR / "plain-password").exists():
+        pytest.fail(f"the local broker's TLS material is missing in {KAFKA_TLS_DIR}; {restart}", pytrace=False)
+    security = KafkaSecurity(KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_MTLS_BOOTSTRAP, KAFKA_TLS_DIR / "ca.pem",
+                             KAFKA_TLS_DIR / "client.pem", KAFKA_TLS_DIR / "client-key.pem", "rampart",
+                             (KAFKA_TLS_DIR / "plain-password").read_text())
+    try:
+        AdminClient({"bootstrap.servers": security.mtls_bootstrap, "security.protocol": "SSL",
+                     "ssl.ca.location": str(security.ca), "ssl.certificate.location": str(security.client_cert),
+                     "ssl.key.location": str(security.client_key)}).list_topics(timeout=10)
+    except KafkaException as exc:
+        pytest.fail(f"Kafka's mutual-TLS listener does not answer at {security.mtls_bootstrap} ({exc.args[0]}); "
+                    f"{restart} (a broker started before the listeners were added lacks them)", pytrace=False)
+    return security
