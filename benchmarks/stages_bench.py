@@ -19,6 +19,7 @@ import os
 import platform
 import pstats
 import random
+import secrets
 import sys
 import time
 import uuid
@@ -71,10 +72,12 @@ def requests(spans: int, count: int, dirty: bool, seed: int) -> list[ExportTrace
     return out
 
 
-def envelopes(reqs: list[ExportTraceServiceRequest], ring: KeyRing, received_at_ns: int) -> list[bytes]:
-    return [encode(ring.sign(Envelope(batch_id=str(uuid.uuid4()), tenant="bench", principal="k", signal=Signal.TRACES,
+def envelopes(reqs: list[ExportTraceServiceRequest], ring: KeyRing, received_at_ns: int,
+              encrypt: bool = False) -> list[bytes]:
+    return [encode(ring.seal(Envelope(batch_id=str(uuid.uuid4()), tenant="bench", principal="k", signal=Signal.TRACES,
                                       payload_format=PayloadFormat.OTLP_PROTO, received_at_ns=received_at_ns,
-                                      gateway_id="gw", payload=r.SerializeToString(), stages=("gateway",))))
+                                      gateway_id="gw", payload=r.SerializeToString(), stages=("gateway",)),
+                             encrypt=encrypt))
             for r in reqs]
 
 
@@ -92,16 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     gateway_key = generate_key()
-    gateway_ring = KeyRing({"gw": gateway_key}, "gw")
-    worker_ring = KeyRing({"gw": gateway_key, "worker": generate_key()}, "worker")
+    payload_key = {"enc": secrets.token_bytes(32)}
+    gateway_ring = KeyRing({"gw": gateway_key}, "gw", payload_key, "enc")
+    worker_ring = KeyRing({"gw": gateway_key, "worker": generate_key()}, "worker", payload_key, "enc")
     client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
     client.ping()
     received = 1_764_000_000_500_000_000  # the generator's timestamps lie just before this
 
-    def chain(names: list[str], processors: list[Processor]) -> StageChain:
+    def chain(names: list[str], processors: list[Processor], encrypt: bool = False) -> StageChain:
         return StageChain(names=names, processors=processors, keyring=worker_ring, topics=TopicNames("bench"),
                           output_topic=TopicNames("bench").clean, keying="gateway",
-                          output_partitions=lambda _s: 6, instance="bench")
+                          output_partitions=lambda _s: 6, instance="bench", encrypt_unscrubbed=encrypt)
 
     def dedup() -> DedupProcessor:
         return DedupProcessor(DedupConfig(), RedisMarks(client), f"bench-{uuid.uuid4().hex[:8]}")
@@ -111,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     for spans in (100, 1000):
         batches = max(4, args.batches * (1000 // spans) // 10) if spans == 100 else args.batches
         for traffic in ("clean", "5% to scrub"):
-            values = envelopes(requests(spans, batches, traffic != "clean", seed=spans), gateway_ring, received)
+            reqs = requests(spans, batches, traffic != "clean", seed=spans)
+            values = envelopes(reqs, gateway_ring, received)
+            encrypted = envelopes(reqs, gateway_ring, received, encrypt=True)
             stages: list[tuple[str, list[Processor]]] = [
                 ("verify+decode+encode+sign", []),
+                # Encryption at rest (keyring.encrypt_unscrubbed): the same hop with AES-256-GCM both ways.
+                ("verify+decrypt+decode+encode+encrypt+sign", []),
                 ("validate", [ValidateProcessor(ValidateConfig())]),
                 ("scrub", [ScrubProcessor(ScrubConfig(), {})]),
                 ("dedup (Redis)", [dedup()]),
@@ -122,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for name, processors in stages:
                 print(f"[bench] {spans} spans/batch, {traffic}: {name} ...", flush=True)
-                c = chain([p.name for p in processors] or ["none"], processors)
-                measure(c, values[:2])  # warm up
-                cpu = measure(c, values)
+                with_encryption = "decrypt" in name
+                c = chain([p.name for p in processors] or ["none"], processors, encrypt=with_encryption)
+                inputs = encrypted if with_encryption else values
+                measure(c, inputs[:2])  # warm up
+                cpu = measure(c, inputs)
                 total = spans * len(values)
                 rows.append(Row(name, traffic, spans, total, round(cpu, 3), round(total / cpu),
                                 round(cpu / total * 1e6, 2)))

@@ -44,8 +44,10 @@ class _ThrottleWindow:
 class Gateway:
     def __init__(self, *, gateway_id: str, keyring: KeyRing, keys: ApiKeyCache, limiter: RateLimiter,
                  publisher: Publisher, topics: TopicNames, audit: AuditLog, metrics: GatewayMetrics,
-                 max_in_flight: int, max_message_bytes: int, retry_after_s: float) -> None:
+                 max_in_flight: int, max_message_bytes: int, retry_after_s: float,
+                 encrypt_payloads: bool = False) -> None:
         self.gateway_id = gateway_id
+        self._encrypt_payloads = encrypt_payloads
         self._keyring = keyring
         self._keys = keys
         self._limiter = limiter
@@ -121,7 +123,7 @@ class Gateway:
                                 signal=signal, payload_format=payload_format, received_at_ns=received_at_ns,
                                 gateway_id=self.gateway_id, payload=part, stages=("gateway",),
                                 attributes=attributes)
-            envelopes.append(self._keyring.sign(envelope))
+            envelopes.append(self._keyring.seal(envelope, encrypt=self._encrypt_payloads))
         topic = self._topics.raw(signal)
         # Metrics are cumulative series whose order matters downstream (Prometheus refuses an older
         # sample after a newer one), so one client's metrics stay on one partition; traces and logs

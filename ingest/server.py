@@ -45,6 +45,8 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
         keyring = load_keyring(config.keyring, env)
         if keyring.signing_key_id is None:
             raise KeyringError("the gateway needs a signing key: set keyring.signing_key_id")
+        if config.keyring.encrypt_unscrubbed:
+            keyring.require_encryption_key()
         ssl_context = server_ssl_context(gw.tls)
     except (KeyringError, OSError, ssl.SSLError) as exc:
         raise GatewayStartupError(str(exc)) from None
@@ -63,7 +65,7 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
                             gw.redis_failure_policy),
         publisher=publisher, topics=topics, audit=AuditLog(publisher.producer, topics.audit(), "gateway", gateway_id),
         metrics=metrics, max_in_flight=gw.max_in_flight, max_message_bytes=config.kafka.max_message_bytes,
-        retry_after_s=gw.retry_after_s)
+        retry_after_s=gw.retry_after_s, encrypt_payloads=config.keyring.encrypt_unscrubbed)
 
     refresher = asyncio.create_task(_refresh_keys(keys, metrics, gw.apikey_refresh_interval_s))
     http_runner = web.AppRunner(build_http_app(gateway, gw.max_request_bytes, gw.max_decompressed_bytes,

@@ -1,6 +1,7 @@
 """One stage's work on one Kafka record, independent of how records are consumed.
 
-verify -> decode once -> run the processors -> encode once -> sign -> the records to produce.
+verify (and decrypt) -> decode once -> run the processors -> encode once -> (encrypt and) sign -> the
+records to produce.
 Everything that leaves a stage is described here as a :class:`rampart.publisher.Record`: the output envelope(s),
 reject records for dropped items, a quarantine record for a message that cannot be trusted or read,
 and audit events. The runtime produces them all and commits the input only once Kafka has
@@ -30,7 +31,7 @@ from processors.otlp import (
     walk,
 )
 from rampart.audit import audit_record, quarantine_records
-from rampart.keyring import KeyRing, SignatureError
+from rampart.keyring import KeyRing, SignatureError, is_encrypted
 from rampart.publisher import Record
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, PayloadFormat, Signal, decode, encode
@@ -57,7 +58,7 @@ class ChainOutcome:
 class StageChain:
     def __init__(self, *, names: list[str], processors: list[Processor], keyring: KeyRing, topics: TopicNames,
                  output_topic: Callable[[Signal], str], keying: Keying, output_partitions: Callable[[Signal], int],
-                 instance: str) -> None:
+                 instance: str, encrypt_unscrubbed: bool = False) -> None:
         self.names = names
         self._processors = processors
         self._keyring = keyring
@@ -67,13 +68,14 @@ class StageChain:
         self._output_partitions = output_partitions
         self._instance = instance
         self._component = "+".join(names)
+        self._encrypt_unscrubbed = encrypt_unscrubbed
 
     def handle(self, signal: Signal, value: bytes, key: bytes | None, source: str) -> ChainOutcome:
         """What to produce for one input record. Raises ProcessorUnavailable (retry later) and nothing else."""
         outcome = ChainOutcome()
         try:
-            envelope = decode(value)
-            self._keyring.verify(envelope)
+            sealed = decode(value)
+            envelope = self._keyring.open(sealed)
             if envelope.signal is not signal:
                 raise _Untrusted("signal_mismatch", f"a {envelope.signal.value} envelope on a {signal.value} topic")
             request = decode_payload(signal, envelope.payload_format, envelope.payload)
@@ -82,6 +84,8 @@ class StageChain:
             self._quarantine(outcome, signal, value, key, source, reason, str(exc))
             return outcome
 
+        # Data that came encrypted stays encrypted until it is scrubbed, whatever this stage's own setting.
+        encrypt = self._encrypt_unscrubbed or is_encrypted(sealed)
         batch = Batch(signal=signal, request=request, batch_id=envelope.batch_id, tenant=envelope.tenant,
                       principal=envelope.principal, received_at_ns=envelope.received_at_ns,
                       attributes=envelope.attributes, raw_payload=envelope.payload,
@@ -97,17 +101,17 @@ class StageChain:
             for event, fields in result.audit:
                 self._audit(outcome, event, envelope, **fields)
             if result.drops:
-                self._reject(outcome, envelope, processor.name, result.drops)
+                self._reject(outcome, envelope, processor.name, result.drops, encrypt)
                 remove([d.ref for d in result.drops])
         prune_empty(request, signal)
         outcome.items_out = count_items(request, signal)
         if outcome.items_out:
-            outcome.records += self._outputs(envelope, request, key)
+            outcome.records += self._outputs(envelope, request, key, encrypt)
         return outcome
 
     # ------------------------------------------------------------ outputs
 
-    def _outputs(self, envelope: Envelope, request: Message, key: bytes | None) -> list[Record]:
+    def _outputs(self, envelope: Envelope, request: Message, key: bytes | None, encrypt: bool) -> list[Record]:
         signal = envelope.signal
         topic = self._output_topic(signal)
         if self._keying == "trace_id" and signal is Signal.TRACES:
@@ -117,8 +121,8 @@ class StageChain:
                 groups.setdefault(zlib.crc32(ref.item.trace_id) % partitions, []).append(ref)
             if len(groups) == 1:
                 (partition,) = groups
-                return [self._record(topic, envelope, request, "", None, partition)]
-            return [self._record(topic, envelope, subset(signal, refs), f"p{partition}", None, partition)
+                return [self._record(topic, envelope, encrypt, request, "", None, partition)]
+            return [self._record(topic, envelope, encrypt, subset(signal, refs), f"p{partition}", None, partition)
                     for partition, refs in sorted(groups.items())]
         if self._keying == "tenant_service" or (self._keying == "trace_id" and signal is Signal.METRICS):
             # (Metrics have no trace id; keeping a service's series on one partition keeps them in order.)
@@ -129,22 +133,27 @@ class StageChain:
                 by_service.setdefault(service, []).append(ref)
             if len(by_service) == 1:
                 (service,) = by_service
-                return [self._record(topic, envelope, request, "", f"{envelope.tenant}/{service}".encode(), None)]
-            return [self._record(topic, envelope, subset(signal, refs), f"s:{service}",
+                service_key = f"{envelope.tenant}/{service}".encode()
+                return [self._record(topic, envelope, encrypt, request, "", service_key, None)]
+            return [self._record(topic, envelope, encrypt, subset(signal, refs), f"s:{service}",
                                  f"{envelope.tenant}/{service}".encode(), None) for service, refs in by_service.items()]
-        return [self._record(topic, envelope, request, "", key, None)]
+        return [self._record(topic, envelope, encrypt, request, "", key, None)]
 
-    def _record(self, topic: str, envelope: Envelope, request: Message, part: str, key: bytes | None,
-                partition: int | None) -> Record:
+    def _record(self, topic: str, envelope: Envelope, encrypt: bool, request: Message, part: str,
+                key: bytes | None, partition: int | None) -> Record:
         # A part's batch id is derived, not random: a redelivered input yields the same ids, which
         # is what lets dedup recognise a redelivery as itself.
         batch_id = str(uuid.uuid5(uuid.UUID(int=0), f"{envelope.batch_id}/{part}")) if part else envelope.batch_id
         out = replace(envelope, batch_id=batch_id, payload=request.SerializeToString(),
                       payload_format=PayloadFormat.OTLP_PROTO, stages=(*envelope.stages, *self.names),
                       key_id="", signature=b"")
-        return Record(topic, encode(self._keyring.sign(out)), key, partition)
+        sealed = self._keyring.seal(out, encrypt=encrypt and "scrub" not in out.stages)
+        return Record(topic, encode(sealed), key, partition)
 
-    def _reject(self, outcome: ChainOutcome, envelope: Envelope, processor: str, drops: list[Drop]) -> None:
+    def _reject(self, outcome: ChainOutcome, envelope: Envelope, processor: str, drops: list[Drop],
+                encrypt: bool) -> None:
+        # Rejected items are what validate and scrub took out, before scrubbing or because of it: they
+        # stay encrypted whenever the input was (or the policy says so), even after the scrub stage.
         by_reason: dict[str, list[Drop]] = {}
         for drop in drops:
             by_reason.setdefault(drop.reason, []).append(drop)
@@ -159,8 +168,9 @@ class StageChain:
                                payload=subset(signal, [d.ref for d in group]).SerializeToString(),
                                payload_format=PayloadFormat.OTLP_PROTO, attributes=attributes,
                                stages=(*envelope.stages, processor), key_id="", signature=b"")
-            outcome.records.append(Record(self._topics.rejected(signal), encode(self._keyring.sign(rejected)),
-                                             envelope.tenant.encode()))
+            outcome.records.append(Record(self._topics.rejected(signal),
+                                          encode(self._keyring.seal(rejected, encrypt=encrypt)),
+                                          envelope.tenant.encode()))
 
     def _quarantine(self, outcome: ChainOutcome, signal: Signal, value: bytes, key: bytes | None, source: str,
                     reason: str, detail: str) -> None:

@@ -196,6 +196,11 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
         raise WorkerSetupError(str(exc)) from None
     if keyring.signing_key_id is None:
         raise WorkerSetupError("a worker re-signs what it emits: set keyring.signing_key_id")
+    if config.keyring.encrypt_unscrubbed:
+        try:
+            keyring.require_encryption_key()  # for outputs not yet scrubbed and for rejected items
+        except KeyringError as exc:
+            raise WorkerSetupError(str(exc)) from None
     try:
         processors = build(stages, config, env)
     except ValueError as exc:
@@ -205,7 +210,8 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
     chain = StageChain(names=stages, processors=processors, keyring=keyring,
                        topics=TopicNames(config.topics.prefix), output_topic=plan.output.__getitem__,
                        keying=config.stages.keying if first_stage else "gateway",
-                       output_partitions=partitions.__getitem__, instance=f"{socket.gethostname()}-{os.getpid()}")
+                       output_partitions=partitions.__getitem__, instance=f"{socket.gethostname()}-{os.getpid()}",
+                       encrypt_unscrubbed=config.keyring.encrypt_unscrubbed)
     registry = CollectorRegistry()
     worker = _Worker(config, chain, plan, StageMetrics.create(registry), registry)
     spec = ConsumerSpec(plan.group_id, {s: plan.input[s] for s in signals}, config.stages.concurrency,

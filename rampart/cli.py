@@ -93,16 +93,20 @@ def _build_parser() -> argparse.ArgumentParser:
     listing = topics_sub.add_parser("list", help="list the pipeline's topics and their partition counts")
     listing.set_defaults(handler=_topics_list)
 
-    keys = sub.add_parser("keys", help="manage the HMAC keys that sign envelopes")
+    keys = sub.add_parser("keys", help="manage the keys that sign envelopes and encrypt unscrubbed payloads")
     keys_sub = keys.add_subparsers(title="keys commands", metavar="ACTION", required=True)
     gen = keys_sub.add_parser(
         "generate", help="add a new random key to a key file",
         description="Add a new 256-bit random key to the key file (created with mode 0600). The first key, "
                     "or any key given --signing, becomes the signing key; the others stay verify-only, "
-                    "which is how keys rotate without downtime.")
+                    "which is how keys rotate without downtime. With --encryption the key is an AES-256 "
+                    "payload key instead (for keyring.encrypt_unscrubbed): the first one, or one given "
+                    "--signing, encrypts new payloads; all of them decrypt.")
     gen.add_argument("--id", required=True, dest="key_id", help="key id, e.g. gateway-2026-11")
     gen.add_argument("--file", help="key file (default: keyring.file from the config)")
-    gen.add_argument("--signing", action="store_true", help="make the new key the signing key")
+    gen.add_argument("--signing", action="store_true",
+                     help="make the new key the one in use (signing, or encrypting with --encryption)")
+    gen.add_argument("--encryption", action="store_true", help="an AES-256-GCM payload encryption key")
     gen.set_defaults(handler=_keys_generate)
     klist = keys_sub.add_parser("list", help="list key ids, their roles and fingerprints (never the keys)")
     klist.set_defaults(handler=_keys_list)
@@ -344,11 +348,15 @@ def _keys_generate(args: argparse.Namespace, config: RampartConfig, env: Mapping
               f"{config.source}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        ring = write_key(path, args.key_id, make_signing=args.signing)
+        ring = write_key(path, args.key_id, make_signing=args.signing, encryption=args.encryption)
     except KeyringError as exc:
         print(f"rampart keys generate: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"added key {args.key_id!r} to {path}; signing key is now {ring.signing_key_id!r}")
+    if args.encryption:
+        print(f"added encryption key {args.key_id!r} to {path}; new payloads are encrypted with "
+              f"{ring.encryption_key_id!r}")
+    else:
+        print(f"added key {args.key_id!r} to {path}; signing key is now {ring.signing_key_id!r}")
     return EXIT_OK
 
 
@@ -359,7 +367,9 @@ def _keys_list(args: argparse.Namespace, config: RampartConfig, env: Mapping[str
         print(f"rampart keys list: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     for info in ring.describe():
-        print(f"{info.key_id:32} {'signing' if info.signing else 'verify '}  sha256:{info.fingerprint}")
+        role = ("signing" if info.signing else "verify ") if info.purpose == "signature" else \
+            ("encrypt" if info.signing else "decrypt")
+        print(f"{info.key_id:32} {role}  sha256:{info.fingerprint}")
     return EXIT_OK
 
 

@@ -99,6 +99,11 @@ class KeyringConfig:
     # The key this process signs with; every other key in the ring only verifies. When unset,
     # the file's own signing_key_id is used.
     signing_key_id: str | None = None
+    # Encrypt payloads (AES-256-GCM) wherever they may hold data not yet scrubbed: the raw and
+    # intermediate topics before scrub, and rejected records. Needs encryption keys in the key file.
+    encrypt_unscrubbed: bool = False
+    # The key new payloads are encrypted with; unset: the key file's encryption_key_id.
+    encryption_key_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,7 @@ def replay(config: RampartConfig, env: Mapping[str, str], sink_name: str, progre
             partition, offset, value = message.partition(), message.offset(), message.value()
             assert partition is not None and offset is not None and value is not None  # set on real messages
             try:
-                envelope = decode(value)
-                keyring.verify(envelope)
+                envelope = keyring.open(decode(value))
                 request = export_request(envelope.signal, envelope, config.sinks.otlp.tenant_attribute)
                 loop.run_until_complete(deliver(sink, request, policy, breaker, lambda _e, _d: None))
                 report.delivered += 1

@@ -139,8 +139,7 @@ class _SinkWorker:
     async def handle(self, signal: Signal, value: bytes, key: bytes | None, source: str) -> None:
         name = self._sink.name
         try:
-            envelope = decode(value)
-            self._keyring.verify(envelope)
+            envelope = self._keyring.open(decode(value))
             request = export_request(signal, envelope, self._config.sinks.otlp.tenant_attribute)
         except (EnvelopeError, SignatureError, OtlpDecodeError) as exc:
             reason = getattr(exc, "reason", "malformed_envelope")

@@ -193,3 +193,32 @@ def test_missing_or_malformed_key_file(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"keys": ["not", "a", "mapping"]}))
     with pytest.raises(KeyringError, match="expected a mapping"):
         load_keyring(KeyringConfig(file=str(bad)), {})
+
+
+def test_encryption_keys_live_in_the_key_file_and_rotate(tmp_path: Path) -> None:
+    path = str(tmp_path / "keys.yaml")
+    write_key(path, "sig-1", make_signing=True)
+    write_key(path, "enc-1", make_signing=False, encryption=True)
+    old = load_keyring(KeyringConfig(file=path), {})
+    sealed = old.seal(unsigned(), encrypt=True)
+    assert sealed.payload != unsigned().payload and sealed.attributes["rampart.encryption_key_id"] == "enc-1"
+
+    ring = write_key(path, "enc-2", make_signing=True, encryption=True)  # rotation: new payloads use enc-2
+    assert (ring.signing_key_id, ring.encryption_key_id) == ("sig-1", "enc-2")
+    rotated = load_keyring(KeyringConfig(file=path), {})
+    assert rotated.open(sealed).payload == unsigned().payload  # old payloads still open
+    assert rotated.seal(unsigned(), encrypt=True).attributes["rampart.encryption_key_id"] == "enc-2"
+    assert [(i.key_id, i.purpose, i.signing) for i in rotated.describe()] == [
+        ("sig-1", "signature", True), ("enc-1", "encryption", False), ("enc-2", "encryption", True)]
+    with pytest.raises(KeyringError, match="already holds key 'enc-1'"):
+        write_key(path, "enc-1", make_signing=False, encryption=True)
+
+
+def test_encryption_needs_a_key() -> None:
+    ring = KeyRing({"k": generate_key()}, "k")
+    with pytest.raises(KeyringError, match="rampart keys generate --encryption"):
+        ring.seal(unsigned(), encrypt=True)
+    with pytest.raises(KeyringError, match="AES-256 needs 32"):
+        KeyRing({"k": generate_key()}, "k", {"e": b"short"}, "e")
+    with pytest.raises(KeyringError, match="encryption key 'nope' is not in the key ring"):
+        KeyRing({"k": generate_key()}, "k", {"e": bytes(32)}, "nope")
