@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	deploy/compose/validator/build.sh
 	touch $(STAMP)
 
 install: $(STAMP)
