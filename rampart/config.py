@@ -338,6 +338,9 @@ class SinksConfig:
     # With "hold": batches a process may keep waiting for their tenant's budget while it goes on
     # exporting other tenants' batches. Beyond this it stops taking new records (Kafka keeps them).
     max_held_batches: int = bounded(64, min=1, max=10_000)
+    # How long a sink remembers (in Redis, across its replicas) that the backend accepted a batch, so
+    # a batch redelivered after a crash or rebalance is not exported twice. 0 turns this off.
+    delivered_ttl_s: float = bounded(3600.0, min=0.0, max=7 * 86400.0)
     otlp: OtlpSinkConfig = field(default_factory=OtlpSinkConfig)
     prometheus: PrometheusSinkConfig = field(default_factory=PrometheusSinkConfig)
 

@@ -3,7 +3,8 @@
 Per record: verify the envelope (anything unverifiable goes to quarantine, as in every stage), put
 the tenant on every resource, export through the shared retry engine, and return only when the
 backend accepted the batch or the batch sits in ``<prefix>.dlq.<sink>`` with the backend's answer.
-Only then may the record be committed: at-least-once delivery to the backend.
+Only then may the record be committed: at-least-once delivery to the backend, made effectively once
+for redeliveries by remembering accepted batch ids (sinks/delivered.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from schemas.envelope import Envelope, EnvelopeError, Signal, decode
 from sinks.base import ExportError, ExportRequest, PermanentExportError, Sink
 from sinks.batching import ExportBatcher
 from sinks.budget import ExportBudgets
+from sinks.delivered import DeliveredMarks
 from sinks.otlp import OtlpHttpSink, SinkSetupError
 from sinks.otlp_grpc import OtlpGrpcSink
 from sinks.prometheus import PrometheusRemoteWriteSink
@@ -54,12 +56,14 @@ class SinkMetrics(NamedTuple):
     export_seconds: Histogram
     end_to_end_seconds: Histogram
     kafka_reachable: Gauge
+    delivered_marks_unavailable: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> SinkMetrics:
         return cls(
             batches=Counter("rampart_sink_batches", "Batches by outcome: exported, dead_lettered (refused for "
-                            "good, in the DLQ topic), quarantined (failed verification).",
+                            "good, in the DLQ topic), quarantined (failed verification), already_delivered "
+                            "(redelivered after the backend had accepted it: skipped).",
                             ["sink", "signal", "outcome"], registry=registry),
             items=Counter("rampart_sink_exported_items", "Spans, metric points or log records the backend "
                           "accepted.", ["sink", "signal"], registry=registry),
@@ -81,6 +85,10 @@ class SinkMetrics(NamedTuple):
                                          buckets=_LATENCY_BUCKETS_S, registry=registry),
             kafka_reachable=Gauge("rampart_sink_kafka_reachable", "1 while this sink's producer reaches Kafka.",
                                   registry=registry),
+            delivered_marks_unavailable=Counter(
+                "rampart_sink_delivered_marks_unavailable", "Times Redis could not be asked or told which batches "
+                "the backend already accepted (the batch was exported anyway: a duplicate is possible).", ["sink"],
+                registry=registry),
         )
 
 
@@ -109,7 +117,7 @@ def build_sink(name: str, config: RampartConfig, env: Mapping[str, str]) -> Sink
 
 class _SinkWorker:
     def __init__(self, config: RampartConfig, sink: Sink, keyring: KeyRing, registry: CollectorRegistry,
-                 budgets: ExportBudgets | None) -> None:
+                 budgets: ExportBudgets | None, delivered: DeliveredMarks | None = None) -> None:
         self._config = config
         self._sink = sink
         self._keyring = keyring
@@ -120,6 +128,7 @@ class _SinkWorker:
         self._policy = RetryPolicy(config.sinks.initial_backoff_s, config.sinks.max_backoff_s)
         self._breaker = CircuitBreaker(config.sinks.circuit_failure_threshold, config.sinks.circuit_open_s)
         self._budgets = budgets
+        self._delivered = delivered
         self._batcher: ExportBatcher | None = None  # created in the running loop
         self.publisher: Publisher | None = None
 
@@ -147,6 +156,9 @@ class _SinkWorker:
                                                    f"sink.{name}", self._instance))
             self.metrics.batches.labels(name, signal.value, "quarantined").inc()
             return
+        if await self._already_delivered(envelope.batch_id):
+            self.metrics.batches.labels(name, signal.value, "already_delivered").inc()
+            return
         if not await self._within_budget(request, value, key, source):
             return
         started = time.perf_counter()
@@ -160,11 +172,33 @@ class _SinkWorker:
         for reason, n in (left_out or {}).items():
             self.metrics.left_out.labels(name, signal.value, reason).inc(n)
             log.warning("%s left out %d items it cannot represent: %s", name, n, reason)
+        await self._mark_delivered(envelope.batch_id)
         self.metrics.batches.labels(name, signal.value, "exported").inc()
         self.metrics.items.labels(name, signal.value).inc(request.items)
         self.metrics.export_seconds.labels(name, signal.value).observe(time.perf_counter() - started)
         self.metrics.end_to_end_seconds.labels(name, signal.value).observe(
             max(0.0, (time.time_ns() - envelope.received_at_ns) / 1e9))
+
+    async def _already_delivered(self, batch_id: str) -> bool:
+        if self._delivered is None:
+            return False
+        try:
+            return await self._delivered.already_delivered(batch_id)
+        except (RedisError, OSError) as exc:
+            self.metrics.delivered_marks_unavailable.labels(self._sink.name).inc()
+            log.warning("delivered-batch marks unavailable (%s): exporting, a duplicate is possible",
+                        type(exc).__name__)
+            return False
+
+    async def _mark_delivered(self, batch_id: str) -> None:
+        if self._delivered is None:
+            return
+        try:
+            await self._delivered.mark(batch_id)
+        except (RedisError, OSError) as exc:
+            self.metrics.delivered_marks_unavailable.labels(self._sink.name).inc()
+            log.warning("cannot mark batch %s delivered (%s): a redelivery would export it again", batch_id,
+                        type(exc).__name__)
 
     def _batcher_started(self) -> ExportBatcher:
         if self._batcher is None:
@@ -238,7 +272,11 @@ def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
     budgets = None
     if config.sinks.budgets:
         budgets = ExportBudgets(async_redis_client(config), config.redis.key_prefix, name, config.sinks.budgets)
-    worker = _SinkWorker(config, sink, keyring, CollectorRegistry(), budgets)
+    delivered = None
+    if config.sinks.delivered_ttl_s > 0:
+        delivered = DeliveredMarks(async_redis_client(config), config.redis.key_prefix, name,
+                                   config.sinks.delivered_ttl_s)
+    worker = _SinkWorker(config, sink, keyring, CollectorRegistry(), budgets, delivered)
     # Remote write refuses a sample older than one it already has for the series, so the Prometheus sink
     # exports one record at a time, in partition order.
     # Room for a full batch per export slot, so that records can be combined.
