@@ -135,6 +135,19 @@ class Deployment:
     def read_audit(self, timeout_s: float = 5.0) -> list[bytes]:
         return read_raw(self.kafka_bootstrap, self.topics.audit(), timeout_s)
 
+    def stage_group(self, stages: str) -> str:
+        """The consumer group of ``rampart worker --stages <stages>`` in this deployment."""
+        return f"{self.prefix}.stage.{'+'.join(s.strip() for s in stages.split(','))}"
+
+    def group_assignment(self, group_id: str, topic: str) -> tuple[str, dict[str, set[int]]]:
+        """(group state, member id -> partitions of ``topic`` it owns), as the group coordinator
+        describes the group now: the members that have joined and what the last rebalance gave them."""
+        admin = admin_client(self.kafka, "test")
+        description = admin.describe_consumer_groups([group_id], request_timeout=10)[group_id].result(timeout=15)
+        owned = {member.member_id: {tp.partition for tp in member.assignment.topic_partitions if tp.topic == topic}
+                 for member in description.members}
+        return description.state.name, owned
+
 
 def _consumer(bootstrap: str) -> Consumer:
     return Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
@@ -273,8 +286,9 @@ def post(url: str, body: bytes, headers: Mapping[str, str], method: str = "POST"
         return exc.code, dict(exc.headers), exc.read()
 
 
-def deployments(kafka_bootstrap: str, redis_url: str, prefix: str, tmp: Path) -> Iterator[Deployment]:
-    deployment = Deployment(prefix, kafka_bootstrap, redis_url, tmp)
+def deployments(kafka_bootstrap: str, redis_url: str, prefix: str, tmp: Path,
+                partitions: int = 2) -> Iterator[Deployment]:
+    deployment = Deployment(prefix, kafka_bootstrap, redis_url, tmp, partitions=partitions)
     try:
         yield deployment
     finally:
