@@ -251,9 +251,10 @@ def _apikeys_create(args: argparse.Namespace, config: RampartConfig, env: Mappin
     except redis.RedisError as exc:
         print(f"rampart apikeys create: Redis at {config.redis.url} did not answer: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    _operator_audit(config, "apikey_created", key.tenant, key.key_id)
+    # Printed before anything else can fail: the key exists now and is never shown again.
     print(f"key id:  {key.key_id}\ntenant:  {key.tenant}\nsignals: {','.join(sorted(s.value for s in key.signals))}")
-    print(f"API key (shown once, store it now): {token}")
+    print(f"API key (shown once, store it now): {token}", flush=True)
+    _operator_audit(config, "apikey_created", key.tenant, key.key_id)
     return EXIT_OK
 
 
@@ -261,10 +262,18 @@ def _operator_audit(config: RampartConfig, event: str, tenant: str, key_id: str)
     """Record an operator action on the audit topic; say so plainly if Kafka cannot take it."""
     audit_producer = producer(config.kafka, "rampart-cli", **{"delivery.timeout.ms": 10_000})
     audit = AuditLog(audit_producer, TopicNames(config.topics.prefix).audit(), "cli", socket.gethostname())
-    audit.emit(event, tenant=tenant, principal=key_id, operator=getpass.getuser())
+    audit.emit(event, tenant=tenant, principal=key_id, operator=_operator())
     if audit_producer.flush(15) or audit.failures:
         print(f"warning: the audit event {event} did not reach Kafka at {config.kafka.bootstrap_servers}",
               file=sys.stderr)
+
+
+def _operator() -> str:
+    """Who ran the command; containers may run as a uid without a passwd entry."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
 
 
 def _apikeys_list(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
