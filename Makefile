@@ -40,8 +40,10 @@ topics: services
 demo: services
 	CONFIG=$(CONFIG) $(BIN)/python scripts/demo.py
 
+# Rampart and an OpenTelemetry Collector built here (benchmarks/peer/), side by side on the same load.
 bench: services
-	$(BIN)/python -m benchmarks.gateway_bench
+	scripts/build-peer
+	$(BIN)/python -m benchmarks.peer_bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check rampart ingest processors sinks schemas tests benchmarks scripts
