@@ -42,14 +42,18 @@ class GzipInflater:
     def feed(self, chunk: bytes) -> None:
         data = chunk
         while data:
+            if self._inflater.eof:
+                # Another gzip member follows: RFC 1952 lets a body hold several, which concatenate
+                # (what `cat a.gz b.gz` and Python's gzip module produce). Everything after the first
+                # member used to be ignored, answering 200 for data that was never kept; trailing
+                # bytes that are not gzip are refused now.
+                self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
             try:
                 out = self._inflater.decompress(data, self._limit - self._size + 1)
             except zlib.error:
                 raise InvalidArgument("request body is not valid gzip data") from None
             self._take(out)
-            data = self._inflater.unconsumed_tail
-            if self._inflater.eof:
-                break
+            data = self._inflater.unused_data if self._inflater.eof else self._inflater.unconsumed_tail
 
     @property
     def inflated_bytes(self) -> int:

@@ -60,6 +60,10 @@ class Gateway:
         self._max_payload_bytes = max_message_bytes - _ENVELOPE_HEADROOM_BYTES
         self._retry_after_s = retry_after_s
         self._throttled: dict[str, _ThrottleWindow] = {}
+        # Splitting an oversized request takes up to a few seconds of Python for hostile payloads
+        # (millions of tiny items) and memory for the parts: one at a time, off the event loop, so
+        # other clients are served meanwhile and memory stays bounded.
+        self._splitting = asyncio.Semaphore(1)
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -110,7 +114,12 @@ class Gateway:
         rate_checked = await self._rate_limit(key, signal, len(payload))
         if not self._publisher.kafka_reachable:
             raise Unavailable("Kafka is unreachable", self._retry_after_s)
-        parts = split_payload(signal, payload_format, payload, self._max_payload_bytes)
+        if len(payload) <= self._max_payload_bytes:
+            parts = [payload]
+        else:
+            async with self._splitting:
+                parts = await asyncio.to_thread(split_payload, signal, payload_format, payload,
+                                                self._max_payload_bytes)
         request_id = str(uuid.uuid4())
         envelopes = []
         for index, part in enumerate(parts):

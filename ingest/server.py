@@ -71,7 +71,13 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
     http_runner = web.AppRunner(build_http_app(gateway, gw.max_request_bytes, gw.max_decompressed_bytes,
                                                gw.request_timeout_s),
                                 auto_decompress=False, access_log=None, handle_signals=False,
-                                shutdown_timeout=gw.shutdown_timeout_s)
+                                shutdown_timeout=gw.shutdown_timeout_s,
+                                # A connection must deliver its request line and headers within
+                                # request_timeout_s of opening (or of the previous answer), and an
+                                # idle one is closed after it. aiohttp's default (3630 s) let a
+                                # slow-loris client that trickles its headers hold a connection
+                                # for an hour; the body has its own deadline (408).
+                                keepalive_timeout=gw.request_timeout_s)
     admin_runner = web.AppRunner(build_admin_app(registry, gateway.ready), access_log=None, handle_signals=False)
     grpc_server = build_grpc_server(gateway, gw.grpc_listen, gw.tls, gw.max_decompressed_bytes)
     await http_runner.setup()

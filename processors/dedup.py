@@ -89,7 +89,7 @@ class DedupProcessor(Processor):
         refs = list(walk(batch.request, batch.signal))
         payload = batch.raw_payload if batch.raw_payload is not None else batch.request.SerializeToString()
         keys = [base + b"b" + hashlib.sha256(tenant + b"\x00" + payload).digest()[:20]]
-        keys += [base + self._item_key(batch.signal, ref) for ref in refs]
+        keys += [base + key for key in self._item_keys(batch.signal, refs)]
         try:
             flags = self._store.mark(keys, _batch_id_bytes(batch.batch_id), self._ttl_ms)
         except (RedisError, OSError) as exc:
@@ -109,16 +109,25 @@ class DedupProcessor(Processor):
         return result
 
     @staticmethod
-    def _item_key(signal: Signal, ref: ItemRef) -> bytes:
+    def _item_keys(signal: Signal, refs: list[ItemRef]) -> list[bytes]:
         if signal is Signal.TRACES:
-            span_key: bytes = b"s" + ref.item.trace_id + ref.item.span_id
-            return span_key
-        digest = hashlib.sha256(ref.resource.resource.SerializeToString(deterministic=True))
-        digest.update(ref.scope.scope.name.encode())
-        if ref.metric is not None:
-            digest.update(b"\x00" + ref.metric.name.encode())
-        digest.update(b"\x00" + ref.item.SerializeToString(deterministic=True))
-        return (b"m" if signal is Signal.METRICS else b"l") + digest.digest()[:20]
+            return [b"s" + ref.item.trace_id + ref.item.span_id for ref in refs]
+        # Each resource is serialised once and its digest state copied for each of its items (the
+        # keys are unchanged). Serialising it per item made a batch of n items under a large
+        # resource cost n times its size: 20 s for 2,000 log records under 100,000 attributes.
+        kind = b"m" if signal is Signal.METRICS else b"l"
+        keys, resource, resource_digest = [], None, hashlib.sha256()
+        for ref in refs:
+            if ref.resource is not resource:
+                resource = ref.resource
+                resource_digest = hashlib.sha256(ref.resource.resource.SerializeToString(deterministic=True))
+            digest = resource_digest.copy()
+            digest.update(ref.scope.scope.name.encode())
+            if ref.metric is not None:
+                digest.update(b"\x00" + ref.metric.name.encode())
+            digest.update(b"\x00" + ref.item.SerializeToString(deterministic=True))
+            keys.append(kind + digest.digest()[:20])
+        return keys
 
 
 def _batch_id_bytes(batch_id: str) -> bytes:

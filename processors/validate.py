@@ -6,6 +6,7 @@ them, and the runtime quarantines the whole batch with the decoder's reason.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -48,11 +49,27 @@ class ValidateProcessor(Processor):
         low = batch.received_at_ns - int(self._c.max_age_s * 1e9)
         high = batch.received_at_ns + int(self._c.max_future_s * 1e9)
         check = {Signal.TRACES: self._span, Signal.METRICS: self._point, Signal.LOGS: self._log}[batch.signal]
+        # Resource and scope attributes get the limits of an item's, and a resource or scope that
+        # breaks one takes its items with it. Unchecked, a resource of a million attributes (7 MB)
+        # passed on to every later stage and sink, and dedup serialised it once per item.
+        resource = scope = None
+        resource_problem: tuple[str, str] | None = None
+        holder_problem: tuple[str, str] | None = None
         for ref in walk(batch.request, batch.signal):
-            problem = check(ref, low, high)
+            if ref.resource is not resource or ref.scope is not scope:
+                if ref.resource is not resource:
+                    resource, scope = ref.resource, None
+                    resource_problem = self._holder(ref.resource.resource, "resource")
+                scope = ref.scope
+                holder_problem = resource_problem or self._holder(ref.scope.scope, "scope")
+            problem = holder_problem or check(ref, low, high)
             if problem is not None:
                 result.drop(ref, *problem)
         return result
+
+    def _holder(self, holder: Any, what: str) -> tuple[str, str] | None:
+        problem = self._attributes(holder.attributes)
+        return (problem[0], f"{what}: {problem[1]}") if problem else None
 
     def _guard_tenant(self, batch: Batch, result: Result) -> None:
         """Resource attributes that claim a tenant are overwritten with (or stripped of) the real one."""
@@ -108,6 +125,8 @@ class ValidateProcessor(Processor):
                     break
                 if self._window(event.time_unix_nano, low, high):
                     return "event_time_out_of_window", "an event's timestamp is outside the accepted window"
+                if len(event.name.encode()) > self._c.max_name_bytes:  # (unbounded before; scrub scans names)
+                    return "name_too_long", f"event name longer than {self._c.max_name_bytes} bytes"
                 problem = self._attributes(event.attributes)
             for link in span.links:
                 if problem:
@@ -136,7 +155,9 @@ class ValidateProcessor(Processor):
             if buckets and sum(point.bucket_counts) != point.count:
                 return ("histogram_count_mismatch",
                         f"bucket counts add up to {sum(point.bucket_counts)}, count is {point.count}")
-            if any(b >= a for a, b in zip(point.explicit_bounds[1:], point.explicit_bounds, strict=False)):
+            # "not a < b" rather than "b >= a": NaN compares false both ways and used to pass as sorted.
+            if any(not b < a for a, b in zip(point.explicit_bounds[1:], point.explicit_bounds, strict=False)) \
+                    or any(math.isnan(b) for b in point.explicit_bounds[:1]):
                 return "histogram_bounds_unsorted", "explicit bounds must increase strictly"
         elif kind == "exponential_histogram":
             total = point.zero_count + sum(point.positive.bucket_counts) + sum(point.negative.bucket_counts)
@@ -146,7 +167,10 @@ class ValidateProcessor(Processor):
             return "summary_quantile_out_of_range", "summary quantiles must lie in [0, 1]"
         if len(metric.name.encode()) > self._c.max_name_bytes or not metric.name:
             return "invalid_metric_name", "metric name is empty or too long"
-        return self._attributes(point.attributes)
+        problem = self._attributes(point.attributes)
+        for exemplar in getattr(point, "exemplars", ()):  # (unchecked before; scrub scans them)
+            problem = problem or self._attributes(exemplar.filtered_attributes)
+        return problem
 
     def _log(self, ref: ItemRef, low: int, high: int) -> tuple[str, str] | None:
         record = ref.item
