@@ -14,7 +14,7 @@ from typing import Any
 
 from rampart.config import LoggingConfig
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "RateLimitFilter", "setup_logging"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -37,6 +37,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class RateLimitFilter(logging.Filter):
+    """Lets through at most ``per_minute`` records a minute and says how many it held back.
+
+    For loggers any client can trigger at will (aiohttp logs every malformed request at ERROR):
+    without a cap, a stream of garbage requests floods the log and hides everything else.
+    """
+
+    def __init__(self, per_minute: int = 10) -> None:
+        super().__init__()
+        self._per_minute = per_minute
+        self._window_start = 0.0
+        self._passed = 0
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.created - self._window_start >= 60:
+            if self._held:
+                record.msg = f"{record.msg} ({self._held} similar records held back in the last minute)"
+            self._window_start, self._passed, self._held = record.created, 0, 0
+        if self._passed < self._per_minute:
+            self._passed += 1
+            return True
+        self._held += 1
+        return False
+
+
 def setup_logging(config: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if config.format == "json":
@@ -46,3 +72,4 @@ def setup_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
+    logging.getLogger("aiohttp.server").addFilter(RateLimitFilter())
