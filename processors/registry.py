@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 
 from processors.base import Processor
 from processors.dedup import DedupProcessor, RedisMarks
+from processors.forgery import build as build_forgery
 from processors.scrub import ScrubProcessor
 from processors.validate import ValidateProcessor
 from rampart.config import RampartConfig
@@ -36,6 +37,7 @@ BUILT_IN: dict[str, Factory] = {
     "validate": lambda config, env: ValidateProcessor(config.validate),
     "scrub": lambda config, env: ScrubProcessor(config.scrub, env),
     "dedup": _dedup,
+    "forgery": build_forgery,
 }
 
 

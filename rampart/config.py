@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DedupConfig",
     "ExportBudgetConfig",
+    "ForgeryConfig",
     "GatewayConfig",
     "KafkaConfig",
     "KeyringConfig",
@@ -249,6 +250,57 @@ class DedupConfig:
 
 
 @dataclass(frozen=True)
+class ForgeryConfig:
+    """Screening of data sent with valid credentials (docs/forgery.md). Times are envelope times."""
+
+    # After a tenant's first batch, this long only teaches the baselines: new (principal, service)
+    # pairs are learned, not flagged, and no statistical score is given.
+    learning_s: float = bounded(600.0, min=0.0, max=30 * 86400.0)
+    # Services a principal may start reporting after learning, by "tenant/principal" ("tenant/*": any
+    # principal of the tenant). Anything else new is flagged with reason new_service.
+    allowed_new_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Span end times must lie within [received_at - max_lag_s, received_at + max_lead_s] (reason
+    # timestamp_window), and a batch's median lag within max_skew_s (or 6 MADs) of what the
+    # principal usually shows (reason timestamp_skew).
+    max_lag_s: float = bounded(900.0, min=1.0, max=7 * 86400.0)
+    max_lead_s: float = bounded(60.0, min=0.0, max=86400.0)
+    max_skew_s: float = bounded(30.0, min=1.0, max=86400.0)
+    # Distinct values per (tenant, service, attribute key) in a window may grow to
+    # max(cardinality_floor, cardinality_growth x the previous clean window) (reason cardinality_cap);
+    # a batch of mostly never-seen values of a usually repetitive key is flagged sooner (cardinality_novelty).
+    cardinality_window_s: float = bounded(300.0, min=10.0, max=86400.0)
+    cardinality_floor: int = bounded(2000, min=10, max=100_000_000)
+    cardinality_growth: float = bounded(10.0, min=1.5, max=1000.0)
+    cardinality_min_novel: int = bounded(20, min=1, max=100_000)
+    # Replays: span content digests (ids and timestamps left out) remembered this long; 1 in
+    # replay_sample_every spans is remembered (chosen by duration, so a replay is sampled alike).
+    replay_window_s: float = bounded(900.0, min=10.0, max=7 * 86400.0)
+    replay_sample_every: int = bounded(2, min=1, max=1024)
+    replay_min_matches: int = bounded(2, min=1, max=10_000)
+    max_replay_digests: int = bounded(500_000, min=1_000, max=100_000_000)
+    # Statistical baselines: peers' recent latency and error data, and each source's share of a
+    # service's volume, forget with these half-lives.
+    recent_half_life_s: float = bounded(20.0, min=1.0, max=86400.0)
+    volume_half_life_s: float = bounded(30.0, min=1.0, max=86400.0)
+    # Robust z at which each piece of evidence counts one half (see docs/forgery.md, "Scoring").
+    latency_z: float = bounded(3.5, min=1.0, max=100.0)
+    error_z: float = bounded(1.5, min=0.5, max=100.0)
+    volume_z: float = bounded(3.0, min=1.0, max=100.0)
+    # A batch scoring at or above: gets rampart.integrity.score/.reasons resource attributes ...
+    annotate_threshold: float = bounded(0.3, min=0.0, max=1.0)
+    # ... is kept out of every baseline ...
+    baseline_threshold: float = bounded(0.3, min=0.0, max=1.0)
+    # ... is dropped with reason forgery_suspected (a reject record and an audit event), if enabled.
+    quarantine_threshold: float = bounded(0.8, min=0.0, max=1.0)
+    quarantine: bool = True
+    # Memory bounds: least recently seen state goes first.
+    max_groups: int = bounded(20_000, min=10, max=10_000_000)
+    max_span_names_per_service: int = bounded(200, min=1, max=100_000)
+    max_principals_per_group: int = bounded(32, min=1, max=10_000)
+    max_cardinality_keys: int = bounded(5_000, min=10, max=1_000_000)
+
+
+@dataclass(frozen=True)
 class StagesConfig:
     """How stream stages are chained and run (see docs/stages.md)."""
 
@@ -361,6 +413,7 @@ class RampartConfig:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    forgery: ForgeryConfig = field(default_factory=ForgeryConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

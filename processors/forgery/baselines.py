@@ -1,0 +1,195 @@
+"""What the forgery stage remembers about each source, in-process and bounded.
+
+A *group* is (tenant, service.name, span name); a *source* is one principal (API key id) reporting
+into a group. Peers of a source are the other sources of its group: the detector asks whether one
+source's data agrees with what the others report about the same operation *now*.
+
+Everything here is least-recently-used bounded (groups, span names per service, sources per group),
+so an attacker who invents service or span names cannot grow memory, only push out stale state.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from processors.forgery.sketches import DecayedCount, DecayedHistogram, RobustZ, cumulative
+
+__all__ = ["BaselineStore", "Group", "PrincipalState", "Source", "TenantState"]
+
+OTHER_SPAN_NAME = "~other"   # span names beyond a service's cap share one group
+# Baselines that may move only this far from their frozen reference (see Source.center).
+MAX_MEAN_RANK_DRIFT = 0.1
+MAX_SHARE_DRIFT = 0.1
+# A frozen reference is re-taken this often, and only from a source with no flag since the last one.
+REFERENCE_REFRESH_S = 3600.0
+CDF_MAX_AGE_S = 1.0
+
+
+@dataclass(slots=True)
+class Source:
+    """One principal within one group."""
+
+    recent: DecayedHistogram        # latencies of its accepted (low-score) spans
+    errors: DecayedCount            # accepted error spans ...
+    spans: DecayedCount             # ... of accepted spans
+    volume: DecayedCount            # every span that arrived, accepted or not (volume is what arrives)
+    mean_rank: RobustZ = field(default_factory=lambda: RobustZ(floor=0.0))   # batch mean PIT vs peers
+    latency_t: RobustZ = field(default_factory=RobustZ)     # its standardised residual
+    error_t: RobustZ = field(default_factory=RobustZ)
+    share_residual: RobustZ = field(default_factory=lambda: RobustZ(floor=0.01))
+    share_ref: float = -1.0         # usual share of the group's volume (-1: not known yet)
+    frozen_rank: float = -1.0       # frozen references (-1: not taken yet)
+    frozen_share: float = -1.0
+    frozen_at: float = 0.0
+    flagged_since_frozen: bool = False
+    latency_cusum: float = 0.0
+    last_latency: float = 0.0       # its latest "faster than usual" z, for its peers' common mode
+    last_latency_s: float = -1e18
+    last_t: float = 0.0             # its latest raw standardised mean rank
+    last_error: float = 0.0
+    last_error_s: float = -1e18
+    accepted_batches: int = 0
+    last_s: float = 0.0
+
+    def rank_center(self) -> float:
+        """The source's usual mean rank against its peers, held within MAX_MEAN_RANK_DRIFT of the frozen
+        reference: a source pushed slowly ("boiling frog") cannot drag its own baseline along."""
+        if len(self.mean_rank) == 0:
+            return 0.5   # what a source that agrees with its peers shows
+        center = self.mean_rank.center
+        if self.frozen_rank < 0:
+            return center
+        return min(max(center, self.frozen_rank - MAX_MEAN_RANK_DRIFT), self.frozen_rank + MAX_MEAN_RANK_DRIFT)
+
+    def share_center(self) -> float:
+        if self.frozen_share < 0:
+            return self.share_ref
+        return min(max(self.share_ref, self.frozen_share - MAX_SHARE_DRIFT), self.frozen_share + MAX_SHARE_DRIFT)
+
+    def maybe_freeze(self, now_s: float, min_batches: int) -> None:
+        """Take the frozen references once the source has a baseline for each, then re-take them every
+        REFERENCE_REFRESH_S if nothing of it was flagged meanwhile."""
+        refresh = now_s - self.frozen_at >= REFERENCE_REFRESH_S and not self.flagged_since_frozen
+        took = False
+        if len(self.mean_rank) >= min_batches and (self.frozen_rank < 0 or refresh):
+            self.frozen_rank = self.mean_rank.center
+            took = True
+        if self.accepted_batches >= min_batches and self.share_ref >= 0 and (self.frozen_share < 0 or refresh):
+            self.frozen_share = self.share_ref
+            took = True
+        if took:
+            self.frozen_at = now_s
+            self.flagged_since_frozen = False
+
+
+@dataclass(slots=True)
+class Group:
+    """(tenant, service, span name): every source's data together, and each source apart."""
+
+    everyone: DecayedHistogram
+    errors: DecayedCount
+    spans: DecayedCount
+    volume: DecayedCount
+    sources: OrderedDict[str, Source] = field(default_factory=OrderedDict)
+    # everyone's latency distribution, rebuilt at most every CDF_MAX_AGE_S (it moves slowly and
+    # rebuilding it per batch was the costliest step of scoring)
+    cdf: tuple[list[int], list[float]] = field(default_factory=lambda: ([], []))
+    cdf_at: float = -1e18
+
+    def latency_cdf(self, now_s: float) -> tuple[list[int], list[float]]:
+        if now_s - self.cdf_at > CDF_MAX_AGE_S or now_s < self.cdf_at:
+            self.cdf = cumulative(self.everyone, now_s)
+            self.cdf_at = now_s
+        return self.cdf
+
+
+@dataclass(slots=True)
+class PrincipalState:
+    """One principal's timing habits (lag = received_at - span end)."""
+
+    lag: RobustZ = field(default_factory=lambda: RobustZ(floor=1.0))
+
+
+@dataclass(slots=True)
+class TenantState:
+    first_s: float
+    # service -> principals seen reporting it (learned during learning, or accepted/allow-listed later)
+    reporters: dict[str, set[str]] = field(default_factory=dict)
+
+
+class BaselineStore:
+    """Every group, principal and tenant, least recently used first out."""
+
+    def __init__(self, *, max_groups: int, max_span_names_per_service: int, max_sources_per_group: int,
+                 recent_half_life_s: float, volume_half_life_s: float) -> None:
+        self._max_groups = max_groups
+        self._max_names = max_span_names_per_service
+        self._max_sources = max_sources_per_group
+        self._recent_h = recent_half_life_s
+        self._volume_h = volume_half_life_s
+        self.groups: OrderedDict[tuple[str, str, str], Group] = OrderedDict()
+        self._names: dict[tuple[str, str], OrderedDict[str, None]] = {}
+        self.principals: OrderedDict[tuple[str, str], PrincipalState] = OrderedDict()
+        self.tenants: dict[str, TenantState] = {}
+        self.evictions = 0
+
+    def tenant(self, tenant: str, now_s: float) -> TenantState:
+        state = self.tenants.get(tenant)
+        if state is None:
+            state = self.tenants[tenant] = TenantState(first_s=now_s)
+        return state
+
+    def principal(self, tenant: str, principal: str) -> PrincipalState:
+        key = (tenant, principal)
+        state = self.principals.get(key)
+        if state is None:
+            state = self.principals[key] = PrincipalState()
+            if len(self.principals) > self._max_groups:
+                self.principals.popitem(last=False)
+                self.evictions += 1
+        else:
+            self.principals.move_to_end(key)
+        return state
+
+    def span_name(self, tenant: str, service: str, name: str) -> str:
+        """The group name for a span name: itself while the service has room, else OTHER_SPAN_NAME."""
+        names = self._names.setdefault((tenant, service), OrderedDict())
+        if name in names:
+            names.move_to_end(name)
+            return name
+        if len(names) >= self._max_names:
+            return OTHER_SPAN_NAME
+        names[name] = None
+        return name
+
+    def group(self, key: tuple[str, str, str], now_s: float) -> Group:
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = Group(DecayedHistogram(self._recent_h, now_s),
+                                             DecayedCount(self._recent_h, now_s), DecayedCount(self._recent_h, now_s),
+                                             DecayedCount(self._volume_h, now_s))
+            if len(self.groups) > self._max_groups:
+                (tenant, service, name), _ = self.groups.popitem(last=False)
+                names = self._names.get((tenant, service))
+                if names is not None:
+                    names.pop(name, None)
+                self.evictions += 1
+        else:
+            self.groups.move_to_end(key)
+        return group
+
+    def source(self, group: Group, principal: str, now_s: float) -> Source:
+        source = group.sources.get(principal)
+        if source is None:
+            source = group.sources[principal] = Source(DecayedHistogram(self._recent_h, now_s),
+                                                       DecayedCount(self._recent_h, now_s),
+                                                       DecayedCount(self._recent_h, now_s),
+                                                       DecayedCount(self._volume_h, now_s))
+            if len(group.sources) > self._max_sources:
+                group.sources.popitem(last=False)
+                self.evictions += 1
+        else:
+            group.sources.move_to_end(principal)
+        source.last_s = now_s
+        return source

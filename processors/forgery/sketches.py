@@ -1,0 +1,255 @@
+"""Bounded streaming sketches for the forgery stage, written here to stay pure Python and cheap per item.
+
+- :class:`DecayedHistogram`: DDSketch-style log buckets (relative accuracy ``alpha``) with forward
+  exponential decay, so "the last minute" costs one dict per key instead of a ring of windows.
+- :class:`DecayedCount`: the same decay for a single number (volume, error counts).
+- :class:`HyperLogLog`: distinct values with an O(1) running estimate (no register scan per read).
+- :class:`BloomFilter`: "have we seen this value before", for low-cardinality attribute keys.
+- :class:`RobustZ`: median/MAD over the last values of a series, to turn a raw statistic into a
+  robust z-score that already accounts for how noisy this source normally is.
+
+Hashes come from the caller (Python's ``hash()``, SipHash keyed per process): an attacker cannot
+choose values that collide in a register or a filter without knowing the process's key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from statistics import median
+
+__all__ = ["BloomFilter", "DecayedCount", "DecayedHistogram", "HyperLogLog", "RobustZ", "bucket_index", "cumulative"]
+
+# Bucket boundaries grow by GAMMA = (1 + ALPHA) / (1 - ALPHA): any value is within ALPHA (5 %) of its
+# bucket's representative. Durations are clamped to [1 µs, ~2.8 h], so a histogram never has more
+# than ~230 buckets whatever it is fed.
+ALPHA = 0.05
+GAMMA = (1 + ALPHA) / (1 - ALPHA)
+INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
+MIN_DURATION_NS = 1_000
+MAX_DURATION_NS = 10_000 * 1_000_000_000
+MIN_BUCKET = math.ceil(math.log(MIN_DURATION_NS) * INV_LOG_GAMMA)
+MAX_BUCKET = math.ceil(math.log(MAX_DURATION_NS) * INV_LOG_GAMMA)
+# Forward decay keeps weights 2^((t - t0) / h); past this exponent the stored values are rebased to
+# a new t0 so floats never overflow (2^64 is far from the float limit, and rebasing is rare).
+_REBASE_EXPONENT = 64.0
+
+
+def bucket_index(duration_ns: int) -> int:
+    """The log bucket of a duration (clamped to the histogram's range)."""
+    if duration_ns <= MIN_DURATION_NS:
+        return MIN_BUCKET
+    if duration_ns >= MAX_DURATION_NS:
+        return MAX_BUCKET
+    return math.ceil(math.log(duration_ns) * INV_LOG_GAMMA)
+
+
+def bucket_value_ns(index: int) -> float:
+    """The representative duration of a bucket (DDSketch's midpoint estimate)."""
+    return 2.0 * GAMMA ** index / (GAMMA + 1.0)
+
+
+class _Decay:
+    """Forward decay (Cormode et al., 2009): an update at time t adds w(t) = 2^((t - t0) / h); a read at
+    time now divides by w(now). Updates are O(1); nothing is swept when time passes."""
+
+    __slots__ = ("_inv_h", "t0")
+
+    def __init__(self, half_life_s: float, now_s: float) -> None:
+        self._inv_h = 1.0 / half_life_s
+        self.t0 = now_s
+
+    def weight(self, now_s: float) -> float:
+        return math.exp2((now_s - self.t0) * self._inv_h)
+
+    def needs_rebase(self, now_s: float) -> bool:
+        return (now_s - self.t0) * self._inv_h > _REBASE_EXPONENT
+
+
+class DecayedCount:
+    """A count whose old contributions fade with a half-life (e.g. spans of one source in the last minute)."""
+
+    __slots__ = ("_decay", "_value")
+
+    def __init__(self, half_life_s: float, now_s: float) -> None:
+        self._decay = _Decay(half_life_s, now_s)
+        self._value = 0.0
+
+    def add(self, amount: float, now_s: float) -> None:
+        if self._decay.needs_rebase(now_s):
+            self._value /= self._decay.weight(now_s)
+            self._decay.t0 = now_s
+        self._value += amount * self._decay.weight(now_s)
+
+    def value(self, now_s: float) -> float:
+        return self._value / self._decay.weight(now_s)
+
+
+class DecayedHistogram:
+    """Latencies in log buckets with exponential forgetting: a sliding window without window slots.
+
+    Memory is one dict entry per occupied bucket (at most ~230, typically 30-60 for one operation).
+    """
+
+    __slots__ = ("_decay", "buckets", "total")
+
+    def __init__(self, half_life_s: float, now_s: float) -> None:
+        self._decay = _Decay(half_life_s, now_s)
+        self.buckets: dict[int, float] = {}
+        self.total = 0.0   # in stored (t0) units
+
+    def add_counts(self, counts: dict[int, int], now_s: float) -> None:
+        """Add a batch's bucket counts at one instant."""
+        if self._decay.needs_rebase(now_s):
+            self._rebase(now_s)
+        w = self._decay.weight(now_s)
+        buckets = self.buckets
+        n = 0
+        for index, c in counts.items():
+            buckets[index] = buckets.get(index, 0.0) + c * w
+            n += c
+        self.total += n * w
+
+    def _rebase(self, now_s: float) -> None:
+        scale = 1.0 / self._decay.weight(now_s)
+        self.buckets = {i: c * scale for i, c in self.buckets.items() if c * scale > 1e-9}
+        self.total *= scale
+        self._decay.t0 = now_s
+
+    def scale(self, now_s: float) -> float:
+        """Multiply stored values by this to get their weight as of ``now_s``."""
+        return 1.0 / self._decay.weight(now_s)
+
+    def weight_now(self, now_s: float) -> float:
+        return self.total * self.scale(now_s)
+
+    def quantile(self, q: float, now_s: float) -> float:
+        """The q-quantile in nanoseconds (within ALPHA relative error of the data it holds); 0 when empty."""
+        if self.total <= 0:
+            return 0.0
+        rank = q * self.total
+        seen = 0.0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return bucket_value_ns(index)
+        return bucket_value_ns(max(self.buckets))
+
+
+def cumulative(histogram: DecayedHistogram, now_s: float) -> tuple[list[int], list[float]]:
+    """The histogram's distribution as (sorted bucket indices, cumulative weight at and below each),
+    in weights as of ``now_s``."""
+    scale = histogram.scale(now_s)
+    indices = sorted(histogram.buckets)
+    running = 0.0
+    totals: list[float] = []
+    buckets = histogram.buckets
+    for index in indices:
+        running += buckets[index] * scale
+        totals.append(running)
+    return indices, totals
+
+
+class HyperLogLog:
+    """Flajolet et al.'s HyperLogLog with 2^p registers (p=10: 1 KiB, ~3 % standard error), keeping
+    the harmonic sum and the count of empty registers up to date so that reading the estimate is O(1)."""
+
+    __slots__ = ("_alpha_mm", "_inv_sum", "_m", "_p", "_registers", "_zeros")
+
+    def __init__(self, p: int = 10) -> None:
+        self._p = p
+        self._m = 1 << p
+        self._registers = bytearray(self._m)
+        self._inv_sum = float(self._m)     # sum of 2^-register
+        self._zeros = self._m
+        self._alpha_mm = 0.7213 / (1 + 1.079 / self._m) * self._m * self._m
+
+    def add_hash(self, h: int) -> bool:
+        """Add a 64-bit hash; True when a register grew (the value was certainly new)."""
+        h &= 0xFFFF_FFFF_FFFF_FFFF
+        index = h & (self._m - 1)
+        rest = h >> self._p
+        rank = (64 - self._p) - rest.bit_length() + 1
+        old = self._registers[index]
+        if rank <= old:
+            return False
+        self._registers[index] = rank
+        self._inv_sum += 2.0 ** -rank - 2.0 ** -old
+        if old == 0:
+            self._zeros -= 1
+        return True
+
+    def estimate(self) -> float:
+        raw = self._alpha_mm / self._inv_sum
+        if raw <= 2.5 * self._m and self._zeros:
+            return self._m * math.log(self._m / self._zeros)   # linear counting for small sets
+        return raw
+
+
+class BloomFilter:
+    """A Bloom filter with k probes by double hashing; 32 Kibit holds ~3,000 values at <1 % false positives."""
+
+    __slots__ = ("_bits", "_k", "_m", "count")
+
+    def __init__(self, bits: int = 32_768, k: int = 4) -> None:
+        self._m = bits
+        self._k = k
+        self._bits = bytearray(bits // 8)
+        self.count = 0   # values added (an upper bound on distinct values held)
+
+    def __contains__(self, h: int) -> bool:
+        bits, m = self._bits, self._m
+        h1, h2 = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
+        for i in range(self._k):
+            p = (h1 + i * h2) % m
+            if not bits[p >> 3] & (1 << (p & 7)):
+                return False
+        return True
+
+    def add(self, h: int) -> None:
+        bits, m = self._bits, self._m
+        h1, h2 = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
+        for i in range(self._k):
+            p = (h1 + i * h2) % m
+            bits[p >> 3] |= 1 << (p & 7)
+        self.count += 1
+
+
+class RobustZ:
+    """Robust z-score of a value against the last ``size`` accepted values of the same series:
+    (x - median) / max(1.4826 * MAD, floor). The median and MAD are recomputed every few additions,
+    so a read is O(1) and an addition amortised O(size log size / 8)."""
+
+    __slots__ = ("_floor", "_mad", "_median", "_since", "values")
+
+    def __init__(self, size: int = 64, floor: float = 1.0) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self._floor = floor
+        self._median = 0.0
+        self._mad = 0.0
+        self._since = 0
+
+    def add(self, x: float) -> None:
+        self.values.append(x)
+        self._since += 1
+        if self._since >= 8 or len(self.values) <= 16:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self._since = 0
+        self._median = median(self.values)
+        self._mad = median(abs(v - self._median) for v in self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def center(self) -> float:
+        return self._median
+
+    @property
+    def spread(self) -> float:
+        return max(1.4826 * self._mad, self._floor)
+
+    def z(self, x: float) -> float:
+        return (x - self._median) / self.spread
