@@ -37,7 +37,7 @@ from rampart.publisher import Record
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, PayloadFormat, Signal, decode, encode
 
-__all__ = ["MAX_ENTRIES_PER_RECORD", "ChainOutcome", "Keying", "StageChain"]
+__all__ = ["MAX_ENTRIES_PER_RECORD", "ChainOutcome", "Keying", "StageChain", "passed_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ _MAX_DETAIL = 500
 # alone does not bound their number: a 10 MB record of 4.9 million empty log records took 108 s
 # and 2.8 GB. Real records of that size hold a few hundred thousand at most.
 MAX_ENTRIES_PER_RECORD = 1_000_000
+
+
+def passed_stages(stages: tuple[str, ...], required: tuple[str, ...]) -> bool:
+    """Whether ``required`` appear in ``stages`` in this order (other stages may sit between them)."""
+    remaining = iter(stages)
+    return all(stage in remaining for stage in required)
 
 
 @dataclass
@@ -64,7 +70,7 @@ class ChainOutcome:
 class StageChain:
     def __init__(self, *, names: list[str], processors: list[Processor], keyring: KeyRing, topics: TopicNames,
                  output_topic: Callable[[Signal], str], keying: Keying, output_partitions: Callable[[Signal], int],
-                 instance: str, encrypt_unscrubbed: bool = False) -> None:
+                 instance: str, encrypt_unscrubbed: bool = False, required_before: tuple[str, ...] = ()) -> None:
         self.names = names
         self._processors = processors
         self._keyring = keyring
@@ -75,6 +81,9 @@ class StageChain:
         self._instance = instance
         self._component = "+".join(names)
         self._encrypt_unscrubbed = encrypt_unscrubbed
+        # Stages an input must have passed already: a genuine gateway envelope copied by hand past
+        # validate or scrub (onto a later topic) verifies, but must not skip them.
+        self._required_before = required_before
 
     def handle(self, signal: Signal, value: bytes, key: bytes | None, source: str) -> ChainOutcome:
         """What to produce for one input record. Raises ProcessorUnavailable (retry later) and nothing else."""
@@ -84,6 +93,9 @@ class StageChain:
             envelope = self._keyring.open(sealed)
             if envelope.signal is not signal:
                 raise _Untrusted("signal_mismatch", f"a {envelope.signal.value} envelope on a {signal.value} topic")
+            if not passed_stages(envelope.stages, self._required_before):
+                raise _Untrusted("skipped_stages", f"envelope has passed {', '.join(envelope.stages)}; "
+                                                   f"{', '.join(self._required_before)} must come first")
             request = decode_payload(signal, envelope.payload_format, envelope.payload)
             if count_entries(request, signal, MAX_ENTRIES_PER_RECORD) > MAX_ENTRIES_PER_RECORD:
                 raise _Untrusted("too_many_items", f"more than {MAX_ENTRIES_PER_RECORD} resources, scopes, "

@@ -211,7 +211,8 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
                        topics=TopicNames(config.topics.prefix), output_topic=plan.output.__getitem__,
                        keying=config.stages.keying if first_stage else "gateway",
                        output_partitions=partitions.__getitem__, instance=f"{socket.gethostname()}-{os.getpid()}",
-                       encrypt_unscrubbed=config.keyring.encrypt_unscrubbed)
+                       encrypt_unscrubbed=config.keyring.encrypt_unscrubbed,
+                       required_before=_stages_before(config, stages) if input_template is None else ())
     registry = CollectorRegistry()
     worker = _Worker(config, chain, plan, StageMetrics.create(registry), registry)
     spec = ConsumerSpec(plan.group_id, {s: plan.input[s] for s in signals}, config.stages.concurrency,
@@ -219,6 +220,11 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
     log.info("worker %s writes %s", worker.stage, ", ".join(plan.output[s] for s in signals))
     run_consumer(config, spec, worker.handle, registry, worker.ready, worker.publisher_started,
                  lambda: worker.metrics.kafka_reachable.set(1 if worker.ready() else 0))
+
+
+def _stages_before(config: RampartConfig, stages: list[str]) -> tuple[str, ...]:
+    pipeline = list(config.stages.pipeline)
+    return ("gateway", *pipeline[:pipeline.index(stages[0])])
 
 
 def _partition_counts(config: RampartConfig, plan: TopicPlan, wait_s: float = 30.0) -> dict[Signal, int]:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
+from processors.chain import passed_stages
 from processors.otlp import OtlpDecodeError, count_items, decode_payload, resources
 from rampart.audit import audit_record, quarantine_records
 from rampart.config import RampartConfig
@@ -129,6 +130,7 @@ class _SinkWorker:
         self._breaker = CircuitBreaker(config.sinks.circuit_failure_threshold, config.sinks.circuit_open_s)
         self._budgets = budgets
         self._delivered = delivered
+        self._required_stages = ("gateway", *config.stages.pipeline)
         self._batcher: ExportBatcher | None = None  # created in the running loop
         self.publisher: Publisher | None = None
 
@@ -149,6 +151,11 @@ class _SinkWorker:
         name = self._sink.name
         try:
             envelope = self._keyring.open(decode(value))
+            if not passed_stages(envelope.stages, self._required_stages):
+                # Genuine but not through the whole pipeline (e.g. a raw envelope copied onto a clean
+                # topic): it would reach the backend unvalidated and unscrubbed.
+                raise SignatureError("skipped_stages", f"envelope has passed {', '.join(envelope.stages)}; "
+                                                       f"a sink needs {', '.join(self._required_stages)}")
             request = export_request(signal, envelope, self._config.sinks.otlp.tenant_attribute)
         except (EnvelopeError, SignatureError, OtlpDecodeError) as exc:
             reason = getattr(exc, "reason", "malformed_envelope")
