@@ -131,6 +131,7 @@ class _SinkWorker:
         self._budgets = budgets
         self._delivered = delivered
         self._required_stages = ("gateway", *config.stages.pipeline)
+        self._in_flight: dict[str, asyncio.Future[bool]] = {}  # batch id -> exported?
         self._batcher: ExportBatcher | None = None  # created in the running loop
         self.publisher: Publisher | None = None
 
@@ -163,11 +164,42 @@ class _SinkWorker:
                                                    f"sink.{name}", self._instance))
             self.metrics.batches.labels(name, signal.value, "quarantined").inc()
             return
-        if await self._already_delivered(envelope.batch_id):
+        done = await self._claim(envelope.batch_id)
+        if done is None:
             self.metrics.batches.labels(name, signal.value, "already_delivered").inc()
             return
+        exported = False
+        try:
+            exported = await self._export(signal, envelope, request, value, key, source)
+        finally:
+            del self._in_flight[envelope.batch_id]
+            done.set_result(exported)
+
+    async def _claim(self, batch_id: str) -> asyncio.Future[bool] | None:
+        """None if the backend has this batch already or a copy of it got through moments ago; else a
+        future this export resolves (True once exported), for copies that arrive meanwhile to wait on.
+
+        Copies of one batch arrive close together after a stage's redelivery (same key, same
+        partition): the second waits for the first and is skipped if the first got through.
+        """
+        while (earlier := self._in_flight.get(batch_id)) is not None:
+            if await asyncio.shield(earlier):
+                return None
+        # Registered before the first await, so a copy arriving meanwhile finds it.
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._in_flight[batch_id] = done
+        if await self._already_delivered(batch_id):
+            del self._in_flight[batch_id]
+            done.set_result(True)
+            return None
+        return done
+
+    async def _export(self, signal: Signal, envelope: Envelope, request: ExportRequest, value: bytes,
+                      key: bytes | None, source: str) -> bool:
+        """Export one batch (or put it in the DLQ); True once the backend has accepted it."""
+        name = self._sink.name
         if not await self._within_budget(request, value, key, source):
-            return
+            return False
         started = time.perf_counter()
         try:
             left_out = await self._batcher_started().submit(request)
@@ -175,7 +207,7 @@ class _SinkWorker:
             log.warning("%s refused batch %s for good: %s", name, envelope.batch_id, exc)
             await self._publish(self._dead_letter(value, key, source, exc))
             self.metrics.batches.labels(name, signal.value, "dead_lettered").inc()
-            return
+            return False
         for reason, n in (left_out or {}).items():
             self.metrics.left_out.labels(name, signal.value, reason).inc(n)
             log.warning("%s left out %d items it cannot represent: %s", name, n, reason)
@@ -185,6 +217,7 @@ class _SinkWorker:
         self.metrics.export_seconds.labels(name, signal.value).observe(time.perf_counter() - started)
         self.metrics.end_to_end_seconds.labels(name, signal.value).observe(
             max(0.0, (time.time_ns() - envelope.received_at_ns) / 1e9))
+        return True
 
     async def _already_delivered(self, batch_id: str) -> bool:
         if self._delivered is None:
