@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -23,6 +24,9 @@ class CapturingBackend:
         self.arrivals: dict[bytes, float] = {}  # span (trace id + span id) -> when it first arrived
         self.keep_requests = True
         self.refused = 0
+        self.copies: Counter[bytes] = Counter()  # span (trace id + span id) -> how many times it arrived
+        self.delay_s = 0.0                       # answer this much later (a slow backend) while set
+        self.requests = 0                        # requests received, whatever the answer
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -45,6 +49,9 @@ class CapturingBackend:
 
     async def _traces(self, request: web.Request) -> web.Response:
         body = await request.read()  # aiohttp undoes Content-Encoding: gzip
+        self.requests += 1
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
         if self.status is not None:
             self.refused += 1
             return web.Response(status=self.status, text=self.answer)
@@ -54,6 +61,7 @@ class CapturingBackend:
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     self.arrivals.setdefault(span.trace_id + span.span_id, now)
+                    self.copies[span.trace_id + span.span_id] += 1
         if self.keep_requests:
             self.received.append(request)
         return web.Response(body=b"", content_type="application/x-protobuf")
