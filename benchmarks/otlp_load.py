@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import time
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -76,3 +77,15 @@ def bodies(spans: int, count: int, seed: int, compress: bool) -> list[bytes]:
     rng = random.Random(seed)
     out = [trace_request(spans, rng).SerializeToString() for _ in range(count)]
     return [gzip.compress(b, compresslevel=6) for b in out] if compress else out
+
+
+def shift_to_now(request: ExportTraceServiceRequest) -> None:
+    """The generator's timestamps are from one fixed day; validate keeps only the last 24 h."""
+    shift = time.time_ns() - 1_764_000_000_500_000_000
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.start_time_unix_nano += shift
+                span.end_time_unix_nano += shift
+                for event in span.events:
+                    event.time_unix_nano += shift

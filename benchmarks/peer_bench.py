@@ -52,6 +52,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from benchmarks.otlp_load import shift_to_now
 from benchmarks.stages_bench import requests as trace_requests
 from rampart.keyring import KeyRing
 from schemas.envelope import Envelope, PayloadFormat, Signal, encode
@@ -188,18 +189,6 @@ def http_answers(url: str) -> Callable[[], bool]:
 
 
 # ---------------------------------------------------------------- load
-
-def shift_to_now(request: ExportTraceServiceRequest) -> None:
-    """The generator's timestamps are from one fixed day; validate keeps only the last 24 h."""
-    shift = time.time_ns() - 1_764_000_000_500_000_000
-    for rs in request.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                span.start_time_unix_nano += shift
-                span.end_time_unix_nano += shift
-                for event in span.events:
-                    event.time_unix_nano += shift
-
 
 def make_bodies(spans: int, count: int, dirty: bool, seed: int) -> list[bytes]:
     """``count`` distinct OTLP/HTTP protobuf bodies (so dedup drops nothing); with ``dirty`` 5 % of

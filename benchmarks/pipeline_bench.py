@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchmarks.otlp_load import trace_request
+from benchmarks.otlp_load import shift_to_now, trace_request
 from tests.support.backend import CapturingBackend
 from tests.support.deployment import Deployment
 
@@ -78,16 +78,9 @@ async def send(url: str, token: str, bodies: list[tuple[bytes, list[bytes]]], ra
 def build_bodies(count: int, rng: random.Random) -> list[tuple[bytes, list[bytes]]]:
     """Serialized requests with timestamps near now (so validate's age window keeps them) and their span ids."""
     bodies = []
-    shift = time.time_ns() - 1_764_000_000_500_000_000
     for _ in range(count):
         request = trace_request(SPANS_PER_BATCH, rng)
-        for rs in request.resource_spans:
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    span.start_time_unix_nano += shift
-                    span.end_time_unix_nano += shift
-                    for event in span.events:
-                        event.time_unix_nano += shift
+        shift_to_now(request)
         ids = [s.trace_id + s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
         bodies.append((request.SerializeToString(), ids))
     return bodies
