@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 import grpc
 import pytest
@@ -85,7 +86,13 @@ def test_401_with_a_revoked_key_and_an_audit_event(module_deployment: Deployment
     module_deployment.wait_for_key_table()
     status, _, body = post(f"{gateway.http_url}/v1/traces", TRACES, auth(token))
     assert status == 401 and "revoked" in status_message(body)
+    # The gateway answers before its audit producer has delivered the event: give it a moment.
+    deadline = time.monotonic() + 15
     events = [json.loads(v) for v in module_deployment.read_audit()]
+    while not any(e["event"] == "revoked_key_use" and e["principal"] == key_id for e in events) \
+            and time.monotonic() < deadline:
+        time.sleep(0.3)
+        events = [json.loads(v) for v in module_deployment.read_audit()]
     assert any(e["event"] == "revoked_key_use" and e["principal"] == key_id for e in events)
     assert not any(token.rsplit("_", 1)[1] in json.dumps(e) for e in events)  # never the secret
 
