@@ -10,9 +10,24 @@ WORKDIR /src
 # carries no installer.
 RUN python -m venv --without-pip /opt/rampart
 # Dependencies change less often than the code: their own layer, rebuilt only with the pins.
-# Wheels only (--only-binary), so the builder needs no compiler either.
+# Wheels only (--only-binary): no dependency is compiled here (only the native module below is).
 COPY deploy/constraints.txt deploy/constraints.txt
 RUN pip --python /opt/rampart/bin/python install --only-binary=:all: --no-deps -r deploy/constraints.txt
+# The clean-batch fast path's extension module (native/, Rust and PyO3) is built here, into a wheel,
+# with a pinned toolchain; only the installed module reaches the image. The toolchain gets its own
+# layer, so changing the Rust code rebuilds just the wheel.
+ARG RUST_VERSION=1.95.0
+ARG MATURIN_VERSION=1.16.0
+ENV PATH=/root/.cargo/bin:$PATH
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+    | sh -s -- -y --no-modify-path --profile minimal --default-toolchain "${RUST_VERSION}" \
+ && pip install "maturin==${MATURIN_VERSION}"
+COPY native native
+RUN maturin build --release --locked --manifest-path native/Cargo.toml --out /native-wheels \
+ && pip --python /opt/rampart/bin/python install --no-deps /native-wheels/rampart_native-*.whl
 COPY pyproject.toml README.md ./
 COPY rampart rampart
 COPY ingest ingest

@@ -15,10 +15,15 @@ help:
 	@echo "make bench      run the benchmarks (results in benchmarks/results/)"
 	@echo "make lint       ruff and mypy --strict"
 
-$(STAMP): pyproject.toml
+# The fast path's native module (native/, Rust): pip builds it with maturin, which runs cargo.
+NATIVE  := native/Cargo.toml native/Cargo.lock native/pyproject.toml native/rampart_native.pyi $(wildcard native/src/*.rs)
+CARGO   := $(HOME)/.cargo/bin
+
+$(STAMP): pyproject.toml $(NATIVE)
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	PATH="$(CARGO):$$PATH" $(BIN)/pip install -q ./native
 	deploy/compose/validator/build.sh
 	touch $(STAMP)
 

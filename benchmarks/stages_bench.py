@@ -1,6 +1,8 @@
 """Stage benchmark: spans/s per core and CPU per million spans for each processor alone and for the
 fused chain, on clean traffic and on traffic where 5 % of attributes hold something to scrub, with
-100- and 1000-span batches; plus a profile summary of the fused chain.
+100- and 1000-span batches; the fused chain with its clean-batch fast path (native, see
+docs/stages.md) and without it, side by side, also on clean traffic whose spans carry a `url.full`
+(which wakes url_password's screen); plus profiles of the fused chain on both paths.
 
 It measures the per-record work of a stage (verify, decode once, processors, encode once, sign),
 in one process on one core, with dedup's marks in the real local Redis; Kafka transport is not
@@ -41,6 +43,8 @@ from rampart.topics import TopicNames
 from schemas.envelope import Envelope, PayloadFormat, Signal, encode
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CLEAN, DIRTY, CLEAN_URLS = "clean", "5% to scrub", "clean, url.full in every span"
+FUSED = "validate+scrub+dedup (fused)"
 SECRETS = ["jane.doe@example.com", "4111 1111 1111 1111", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
            "https://admin:hunter2@db.internal/x", "/login?user=bob&password=hunter2"]
 
@@ -54,17 +58,22 @@ class Row:
     cpu_seconds: float
     spans_per_s_per_core: float
     cpu_s_per_million_spans: float
+    fast_path_batches: int = 0
 
 
-def requests(spans: int, count: int, dirty: bool, seed: int) -> list[ExportTraceServiceRequest]:
+def requests(spans: int, count: int, traffic: str, seed: int) -> list[ExportTraceServiceRequest]:
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         request = trace_request(spans, rng)
-        if dirty:  # 5 % of attributes get a secret in their value
-            for rs in request.resource_spans:
-                for ss in rs.scope_spans:
-                    for span in ss.spans:
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    if traffic == CLEAN_URLS:  # clean, but "://" in every span: url_password's screen fires
+                        route = next(kv.value.string_value for kv in span.attributes if kv.key == "url.path")
+                        span.attributes.add(key="url.full").value.string_value = \
+                            f"http://{rs.resource.attributes[0].value.string_value}.shop:8080{route}?x=1"
+                    elif traffic == DIRTY:  # 5 % of attributes get a secret in their value
                         for kv in span.attributes:
                             if rng.random() < 0.05:
                                 kv.value.string_value = f"{kv.value.string_value} {rng.choice(SECRETS)}"
@@ -81,11 +90,22 @@ def envelopes(reqs: list[ExportTraceServiceRequest], ring: KeyRing, received_at_
             for r in reqs]
 
 
-def measure(chain: StageChain, values: list[bytes]) -> float:
-    started = time.process_time()
+def measure(chain: StageChain, values: list[bytes]) -> tuple[float, int]:
+    """CPU seconds to handle ``values``, and how many took the fast path."""
+    started, fast = time.process_time(), 0
     for value in values:
-        chain.handle(Signal.TRACES, value, None, "bench")
-    return time.process_time() - started
+        fast += chain.handle(Signal.TRACES, value, None, "bench").fast_path_batches
+    return time.process_time() - started, fast
+
+
+def profile(chain: StageChain, values: list[bytes]) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    measure(chain, values)
+    profiler.disable()
+    buffer = io.StringIO()
+    pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(12)
+    return "\n".join(line for line in buffer.getvalue().splitlines() if line.strip())[:4000]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,67 +122,74 @@ def main(argv: list[str] | None = None) -> int:
     client.ping()
     received = 1_764_000_000_500_000_000  # the generator's timestamps lie just before this
 
-    def chain(names: list[str], processors: list[Processor], encrypt: bool = False) -> StageChain:
+    def chain(names: list[str], processors: list[Processor], encrypt: bool = False, fast: bool = False,
+              keying: str = "gateway") -> StageChain:
         return StageChain(names=names, processors=processors, keyring=worker_ring, topics=TopicNames("bench"),
-                          output_topic=TopicNames("bench").clean, keying="gateway",
-                          output_partitions=lambda _s: 6, instance="bench", encrypt_unscrubbed=encrypt)
+                          output_topic=TopicNames("bench").clean, keying=keying,
+                          output_partitions=lambda _s: 6, instance="bench", encrypt_unscrubbed=encrypt,
+                          fast_path=fast)
 
     def dedup() -> DedupProcessor:
         return DedupProcessor(DedupConfig(), RedisMarks(client), f"bench-{uuid.uuid4().hex[:8]}")
 
+    def fused() -> list[Processor]:
+        return [ValidateProcessor(ValidateConfig()), ScrubProcessor(ScrubConfig(), {}), dedup()]
+
     rows: list[Row] = []
-    profile_text = ""
+    profiles: dict[str, str] = {}
     for spans in (100, 1000):
         batches = max(4, args.batches * (1000 // spans) // 10) if spans == 100 else args.batches
-        for traffic in ("clean", "5% to scrub"):
-            reqs = requests(spans, batches, traffic != "clean", seed=spans)
+        for traffic in (CLEAN, DIRTY, CLEAN_URLS):
+            reqs = requests(spans, batches, traffic, seed=spans)
             values = envelopes(reqs, gateway_ring, received)
             encrypted = envelopes(reqs, gateway_ring, received, encrypt=True)
-            stages: list[tuple[str, list[Processor]]] = [
-                ("verify+decode+encode+sign", []),
+            # (stage, processors, encrypt, fast path, keying); the single stages and the first fused
+            # row are the Python path, the reference the fast path must match.
+            stages: list[tuple[str, list[Processor], bool, bool, str]] = [
+                ("verify+decode+encode+sign", [], False, False, "gateway"),
                 # Encryption at rest (keyring.encrypt_unscrubbed): the same hop with AES-256-GCM both ways.
-                ("verify+decrypt+decode+encode+encrypt+sign", []),
-                ("validate", [ValidateProcessor(ValidateConfig())]),
-                ("scrub", [ScrubProcessor(ScrubConfig(), {})]),
-                ("dedup (Redis)", [dedup()]),
-                ("validate+scrub+dedup (fused)", [ValidateProcessor(ValidateConfig()),
-                                                  ScrubProcessor(ScrubConfig(), {}), dedup()]),
+                ("verify+decrypt+decode+encode+encrypt+sign", [], True, False, "gateway"),
+                ("validate", [ValidateProcessor(ValidateConfig())], False, False, "gateway"),
+                ("scrub", [ScrubProcessor(ScrubConfig(), {})], False, False, "gateway"),
+                ("dedup (Redis)", [dedup()], False, False, "gateway"),
+            ] if traffic != CLEAN_URLS else []
+            stages += [
+                (FUSED, fused(), False, False, "gateway"),
+                (f"{FUSED}, fast path", fused(), False, True, "gateway"),
+                (f"{FUSED}, fast path, trace_id keying", fused(), False, True, "trace_id"),
             ]
-            for name, processors in stages:
+            for name, processors, with_encryption, fast, keying in stages:
                 print(f"[bench] {spans} spans/batch, {traffic}: {name} ...", flush=True)
-                with_encryption = "decrypt" in name
-                c = chain([p.name for p in processors] or ["none"], processors, encrypt=with_encryption)
+                c = chain([p.name for p in processors] or ["none"], processors, with_encryption, fast, keying)
                 inputs = encrypted if with_encryption else values
                 measure(c, inputs[:2])  # warm up
-                cpu = measure(c, inputs)
+                cpu, taken = measure(c, inputs)
                 total = spans * len(values)
                 rows.append(Row(name, traffic, spans, total, round(cpu, 3), round(total / cpu),
-                                round(cpu / total * 1e6, 2)))
-                print(f"[bench]   {rows[-1].spans_per_s_per_core:,} spans/s per core", flush=True)
-            if spans == 1000 and traffic == "clean":
-                fused = chain(["validate", "scrub", "dedup"], [ValidateProcessor(ValidateConfig()),
-                                                               ScrubProcessor(ScrubConfig(), {}), dedup()])
-                profiler = cProfile.Profile()
-                profiler.enable()
-                measure(fused, values)
-                profiler.disable()
-                buffer = io.StringIO()
-                pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(12)
-                profile_text = buffer.getvalue()
+                                round(cpu / total * 1e6, 2), taken))
+                print(f"[bench]   {rows[-1].spans_per_s_per_core:,} spans/s per core, fast path {taken}/{len(inputs)}",
+                      flush=True)
+            if spans == 1000 and traffic == CLEAN:
+                profiles["Python path"] = profile(chain(["validate", "scrub", "dedup"], fused()), values)
+                profiles["fast path"] = profile(chain(["validate", "scrub", "dedup"], fused(), fast=True), values)
 
     meta = {"benchmark": "stages", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
             "method": "process CPU time of StageChain.handle over pre-built signed envelopes, one core; "
-                      "dedup marks in the local Redis (its round trips count as wall time, not CPU here)"}
+                      "dedup marks in the local Redis (its round trips count as wall time, not CPU here); "
+                      "rows marked \"fast path\" let the chain take its clean-batch fast path (native scan, no "
+                      "decode or encode), the others run the Python path; the last column counts the batches "
+                      "that took the fast path"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({**meta, "results": [asdict(r) for r in rows]}, indent=2))
-    table = ["| stage | traffic | spans/batch | spans/s per core | CPU s / 1M spans |", "|---|---|---|---|---|"]
+    table = ["| stage | traffic | spans/batch | spans/s per core | CPU s / 1M spans | fast-path batches |",
+             "|---|---|---|---|---|---|"]
     table += [f"| {r.stage} | {r.traffic} | {r.spans_per_batch} | {r.spans_per_s_per_core:,} | "
-              f"{r.cpu_s_per_million_spans} |" for r in rows]
-    top = "\n".join(line for line in profile_text.splitlines() if line.strip())[:4000]
+              f"{r.cpu_s_per_million_spans} | {r.fast_path_batches} |" for r in rows]
+    sections = "".join(f"\n\n## Where the fused chain's time goes, {path} (1000-span clean batches, cProfile, "
+                       f"top 12 by own time)\n\n```\n{text}\n```" for path, text in profiles.items())
     Path(f"{args.out}.md").write_text(f"# Stage benchmark ({meta['when']})\n\n{meta['method']}.\n\n"
-                                      + "\n".join(table) + "\n\n## Where the fused chain's time goes "
-                                      f"(1000-span clean batches, cProfile, top 12 by own time)\n\n```\n{top}\n```\n")
+                                      + "\n".join(table) + sections + "\n")
     print("\n".join(table))
     print(f"[bench] wrote {args.out}.json and {args.out}.md")
     return 0

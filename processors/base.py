@@ -26,14 +26,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 
 from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry
+from rampart_native import TraceScan, scan_traces
 
 from processors.otlp import ItemRef
 from schemas.envelope import PayloadFormat, Signal
 
-__all__ = ["Batch", "Drop", "Processor", "ProcessorUnavailable", "Result"]
+__all__ = ["Batch", "Drop", "Processor", "ProcessorUnavailable", "Quarantine", "RawBatch", "Result"]
 
 
 class ProcessorUnavailable(Exception):
@@ -59,11 +62,39 @@ class Batch:
     payload_format: PayloadFormat = PayloadFormat.OTLP_PROTO
 
 
+@dataclass
+class RawBatch:
+    """A verified OTLP protobuf trace batch before decoding: the envelope's metadata and the payload's
+    wire bytes, with a native scan of them built on first use (see :meth:`Processor.clears`)."""
+
+    signal: Signal
+    batch_id: str
+    tenant: str
+    principal: str
+    received_at_ns: int
+    payload: bytes
+
+    @cached_property
+    def scan(self) -> TraceScan:
+        return scan_traces(self.payload)
+
+
 @dataclass(frozen=True)
 class Drop:
     ref: ItemRef
     reason: str    # stable code for metrics and reject records, e.g. "invalid_trace_id"
     detail: str    # for people: what exactly was wrong
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """A processor's request to set the whole input record aside for an operator (``rampart quarantine``)."""
+
+    reason: str                                    # stable code, e.g. "forgery_suspected"
+    detail: str                                    # for people
+    # Extra facts for the operator (e.g. a score), as record headers ``rampart.quarantine.<name>`` and
+    # audit-event fields. Never payload values or secrets.
+    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +110,9 @@ class Result:
     counts: dict[str, int] = field(default_factory=dict)
     # Security-relevant events for the audit topic: (event name, fields without secrets).
     audit: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    # Set when the whole batch must not go on: the runtime puts the input record, as it arrived (signed,
+    # so it can be released later), on the quarantine topic instead of producing anything for it.
+    quarantine: Quarantine | None = None
 
     def drop(self, ref: ItemRef, reason: str, detail: str) -> None:
         self.drops.append(Drop(ref, reason, detail))
@@ -97,3 +131,20 @@ class Processor(ABC):
         Leave dropped items where they are: the runtime copies them into reject records and removes
         them before the next processor runs, so no processor sees what an earlier one dropped.
         """
+
+    def clears(self, raw: RawBatch) -> Result | None:
+        """The clean-batch fast path: the :class:`Result` that :meth:`process` would return for this
+        batch if it can tell from the raw batch alone that it would change and drop nothing (only
+        counters and audit events), else None (the default: this processor must see the decoded batch).
+
+        The chain calls it only for a batch whose ``raw.scan.clean`` is true, and skips decoding and
+        encoding when every processor of the chain clears the batch, so an answer other than None
+        must be exactly what :meth:`process` would have said.
+        """
+        return None
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:  # noqa: B027 - optional hook, empty by design
+        """Create metrics of the processor's own (beyond ``Result.counts``) in the worker's registry."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Finish background work (e.g. state being saved) when the worker stops."""

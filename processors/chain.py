@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from google.protobuf.message import Message
 
-from processors.base import Batch, Drop, Processor
+from processors.base import Batch, Drop, Processor, Quarantine, RawBatch, Result
 from processors.otlp import (
     ItemRef,
     OtlpDecodeError,
@@ -65,12 +65,14 @@ class ChainOutcome:
     changed: dict[str, int] = field(default_factory=dict)                 # processor -> items changed
     dropped: dict[tuple[str, str], int] = field(default_factory=dict)     # (processor, reason) -> items
     counts: dict[tuple[str, str], int] = field(default_factory=dict)      # (processor, counter) -> n
+    fast_path_batches: int = 0    # 1 if every processor cleared the batch undecoded (see Processor.clears)
 
 
 class StageChain:
     def __init__(self, *, names: list[str], processors: list[Processor], keyring: KeyRing, topics: TopicNames,
                  output_topic: Callable[[Signal], str], keying: Keying, output_partitions: Callable[[Signal], int],
-                 instance: str, encrypt_unscrubbed: bool = False, required_before: tuple[str, ...] = ()) -> None:
+                 instance: str, encrypt_unscrubbed: bool = False, required_before: tuple[str, ...] = (),
+                 fast_path: bool = True) -> None:
         self.names = names
         self._processors = processors
         self._keyring = keyring
@@ -84,6 +86,9 @@ class StageChain:
         # Stages an input must have passed already: a genuine gateway envelope copied by hand past
         # validate or scrub (onto a later topic) verifies, but must not skip them.
         self._required_before = required_before
+        # The clean-batch fast path needs every processor to answer clears(); otherwise it would only
+        # cost the early ones' work (a Redis round trip for dedup) before decoding anyway.
+        self._fast_path = fast_path and all(type(p).clears is not Processor.clears for p in processors)
 
     def handle(self, signal: Signal, value: bytes, key: bytes | None, source: str) -> ChainOutcome:
         """What to produce for one input record. Raises ProcessorUnavailable (retry later) and nothing else."""
@@ -96,10 +101,12 @@ class StageChain:
             if not passed_stages(envelope.stages, self._required_before):
                 raise _Untrusted("skipped_stages", f"envelope has passed {', '.join(envelope.stages)}; "
                                                    f"{', '.join(self._required_before)} must come first")
-            request = decode_payload(signal, envelope.payload_format, envelope.payload)
-            if count_entries(request, signal, MAX_ENTRIES_PER_RECORD) > MAX_ENTRIES_PER_RECORD:
-                raise _Untrusted("too_many_items", f"more than {MAX_ENTRIES_PER_RECORD} resources, scopes, "
-                                                   "metrics and items in one record")
+            cleared = self._cleared(envelope)
+            if cleared is None:
+                request = decode_payload(signal, envelope.payload_format, envelope.payload)
+                if count_entries(request, signal, MAX_ENTRIES_PER_RECORD) > MAX_ENTRIES_PER_RECORD:
+                    raise _Untrusted("too_many_items", f"more than {MAX_ENTRIES_PER_RECORD} resources, scopes, "
+                                                       "metrics and items in one record")
         except (EnvelopeError, SignatureError, OtlpDecodeError, _Untrusted) as exc:
             reason = getattr(exc, "reason", "malformed_envelope")
             self._quarantine(outcome, signal, value, key, source, reason, str(exc))
@@ -107,6 +114,9 @@ class StageChain:
 
         # Data that came encrypted stays encrypted until it is scrubbed, whatever this stage's own setting.
         encrypt = self._encrypt_unscrubbed or is_encrypted(sealed)
+        if cleared is not None:
+            self._fast_outcome(outcome, envelope, key, encrypt, *cleared)
+            return outcome
         batch = Batch(signal=signal, request=request, batch_id=envelope.batch_id, tenant=envelope.tenant,
                       principal=envelope.principal, received_at_ns=envelope.received_at_ns,
                       attributes=envelope.attributes, raw_payload=envelope.payload,
@@ -121,6 +131,9 @@ class StageChain:
                 outcome.counts[(processor.name, counter)] = outcome.counts.get((processor.name, counter), 0) + n
             for event, fields in result.audit:
                 self._audit(outcome, event, envelope, **fields)
+            if result.quarantine is not None:
+                self._set_aside(outcome, signal, value, key, source, envelope, processor.name, result.quarantine)
+                return outcome
             if result.drops:
                 self._reject(outcome, envelope, processor.name, result.drops, encrypt)
                 remove([d.ref for d in result.drops])
@@ -129,6 +142,49 @@ class StageChain:
         if outcome.items_out:
             outcome.records += self._outputs(envelope, request, key, encrypt)
         return outcome
+
+    # ------------------------------------------------------------ the clean-batch fast path
+
+    def _cleared(self, envelope: Envelope) -> tuple[RawBatch, list[Result]] | None:
+        """Every processor's result if each clears the undecoded batch (Processor.clears), else None.
+
+        Only OTLP protobuf traces the native scan fully understands qualify, and not under
+        tenant_service keying (it would need the resources decoded); anything else, including a
+        record over the entry limit, takes the Python path, which gives the exact reasons.
+        """
+        if (not self._fast_path or envelope.signal is not Signal.TRACES or self._keying == "tenant_service"
+                or envelope.payload_format is not PayloadFormat.OTLP_PROTO):
+            return None
+        raw = RawBatch(signal=envelope.signal, batch_id=envelope.batch_id, tenant=envelope.tenant,
+                       principal=envelope.principal, received_at_ns=envelope.received_at_ns, payload=envelope.payload)
+        if not raw.scan.clean or not raw.scan.spans or raw.scan.entries > MAX_ENTRIES_PER_RECORD:
+            return None
+        results = []
+        for processor in self._processors:
+            result = processor.clears(raw)
+            if result is None or result.changed or result.drops or result.quarantine is not None:
+                return None
+            results.append(result)
+        return raw, results
+
+    def _fast_outcome(self, outcome: ChainOutcome, envelope: Envelope, key: bytes | None, encrypt: bool,
+                      raw: RawBatch, results: list[Result]) -> None:
+        """What the Python path gives for a batch nothing changes: the counters, the audit events and the
+        input's own payload (a clean scan re-encodes to exactly its bytes) or the native split of it."""
+        outcome.fast_path_batches = 1
+        outcome.items_in = outcome.items_out = raw.scan.spans
+        for processor, result in zip(self._processors, results, strict=True):
+            for counter, n in result.counts.items():
+                outcome.counts[(processor.name, counter)] = outcome.counts.get((processor.name, counter), 0) + n
+            for event, fields in result.audit:
+                self._audit(outcome, event, envelope, **fields)
+        topic = self._output_topic(envelope.signal)
+        if self._keying != "trace_id":
+            outcome.records.append(self._record(topic, envelope, encrypt, envelope.payload, "", key, None))
+            return
+        for partition, part in raw.scan.split(self._output_partitions(envelope.signal)):
+            outcome.records.append(self._record(topic, envelope, encrypt, envelope.payload if part is None else part,
+                                                "" if part is None else f"p{partition}", None, partition))
 
     # ------------------------------------------------------------ outputs
 
@@ -142,9 +198,9 @@ class StageChain:
                 groups.setdefault(zlib.crc32(ref.item.trace_id) % partitions, []).append(ref)
             if len(groups) == 1:
                 (partition,) = groups
-                return [self._record(topic, envelope, encrypt, request, "", None, partition)]
-            return [self._record(topic, envelope, encrypt, subset(signal, refs), f"p{partition}", None, partition)
-                    for partition, refs in sorted(groups.items())]
+                return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", None, partition)]
+            return [self._record(topic, envelope, encrypt, subset(signal, refs).SerializeToString(), f"p{partition}",
+                                 None, partition) for partition, refs in sorted(groups.items())]
         if self._keying == "tenant_service" or (self._keying == "trace_id" and signal is Signal.METRICS):
             # (Metrics have no trace id; keeping a service's series on one partition keeps them in order.)
             by_service: dict[str, list[ItemRef]] = {}
@@ -155,17 +211,17 @@ class StageChain:
             if len(by_service) == 1:
                 (service,) = by_service
                 service_key = f"{envelope.tenant}/{service}".encode()
-                return [self._record(topic, envelope, encrypt, request, "", service_key, None)]
-            return [self._record(topic, envelope, encrypt, subset(signal, refs), f"s:{service}",
+                return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", service_key, None)]
+            return [self._record(topic, envelope, encrypt, subset(signal, refs).SerializeToString(), f"s:{service}",
                                  f"{envelope.tenant}/{service}".encode(), None) for service, refs in by_service.items()]
-        return [self._record(topic, envelope, encrypt, request, "", key, None)]
+        return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", key, None)]
 
-    def _record(self, topic: str, envelope: Envelope, encrypt: bool, request: Message, part: str,
+    def _record(self, topic: str, envelope: Envelope, encrypt: bool, payload: bytes, part: str,
                 key: bytes | None, partition: int | None) -> Record:
         # A part's batch id is derived, not random: a redelivered input yields the same ids, which
         # is what lets dedup recognise a redelivery as itself.
         batch_id = str(uuid.uuid5(uuid.UUID(int=0), f"{envelope.batch_id}/{part}")) if part else envelope.batch_id
-        out = replace(envelope, batch_id=batch_id, payload=request.SerializeToString(),
+        out = replace(envelope, batch_id=batch_id, payload=payload,
                       payload_format=PayloadFormat.OTLP_PROTO, stages=(*envelope.stages, *self.names),
                       key_id="", signature=b"")
         sealed = self._keyring.seal(out, encrypt=encrypt and "scrub" not in out.stages)
@@ -198,6 +254,21 @@ class StageChain:
         outcome.quarantine_reason = reason
         outcome.records += quarantine_records(self._topics, signal, value, key, source, reason, detail,
                                               self._component, self._instance)
+
+    def _set_aside(self, outcome: ChainOutcome, signal: Signal, value: bytes, key: bytes | None, source: str,
+                   envelope: Envelope, processor: str, request: Quarantine) -> None:
+        """A processor's quarantine: the input record as it arrived (signed, so `rampart quarantine release`
+        can verify and re-publish it) replaces every output; reject records of earlier processors are
+        withdrawn too, since a release runs the whole chain on the record again. Audit events stay."""
+        audit_topic = self._topics.audit()
+        outcome.records = [r for r in outcome.records if r.topic == audit_topic]
+        outcome.dropped.clear()
+        outcome.items_out = 0
+        outcome.quarantine_reason = request.reason
+        fields = {**request.fields, "batch_id": envelope.batch_id, "processor": processor}
+        outcome.records += quarantine_records(self._topics, signal, value, key, source, request.reason,
+                                              request.detail, self._component, self._instance,
+                                              tenant=envelope.tenant, principal=envelope.principal, fields=fields)
 
     def _audit(self, outcome: ChainOutcome, event: str, envelope: Envelope, **fields: str) -> None:
         record = audit_record(event, self._component, self._instance, envelope.tenant, envelope.principal, **fields)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import redis
 from redis.exceptions import RedisError
 
-from processors.base import Batch, Processor, ProcessorUnavailable, Result
+from processors.base import Batch, Processor, ProcessorUnavailable, RawBatch, Result
 from processors.otlp import ItemRef, walk
 from rampart.config import DedupConfig
 from schemas.envelope import Signal
@@ -81,6 +81,23 @@ class DedupProcessor(Processor):
         self._policy = config.redis_failure_policy
         self._store = store
         self._prefix = f"{key_prefix}:dedup:".encode()
+
+    def clears(self, raw: RawBatch) -> Result | None:
+        """Marks the batch and its spans as :meth:`process` would (same keys, same batch id); None if
+        anything was seen before or Redis cannot answer. The Python path then marks the same keys
+        again with the same batch id, which the script reports as this batch's own marks: the
+        outcome is the one a single call would have given."""
+        if raw.signal is not Signal.TRACES:
+            return None
+        tenant = raw.tenant.encode()
+        base = self._prefix + tenant + b"\x00"
+        keys = [base + b"b" + hashlib.sha256(tenant + b"\x00" + raw.payload).digest()[:20],
+                *raw.scan.dedup_keys(base + b"s")]
+        try:
+            flags = self._store.mark(keys, _batch_id_bytes(raw.batch_id), self._ttl_ms)
+        except (RedisError, OSError):
+            return None
+        return None if any(flags) else Result()
 
     def process(self, batch: Batch) -> Result:
         result = Result()

@@ -96,6 +96,7 @@ class StageMetrics(NamedTuple):
     process_seconds: Histogram
     retries: Counter
     kafka_reachable: Gauge
+    fast_path: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> StageMetrics:
@@ -114,7 +115,8 @@ class StageMetrics(NamedTuple):
             processor_events=Counter("rampart_stage_processor_events", "Counters reported by processors, "
                                      "e.g. scrub matches per rule.", ["processor", "event"], registry=registry),
             quarantined=Counter("rampart_stage_quarantined_records", "Records that failed verification or "
-                                "decoding, by reason.", [*stage_signal, "reason"], registry=registry),
+                                "decoding, or that a processor set aside (forgery_suspected), by reason.",
+                                [*stage_signal, "reason"], registry=registry),
             process_seconds=Histogram("rampart_stage_process_seconds", "Time to process one record, outputs "
                                       "acknowledged included.", stage_signal, buckets=_LATENCY_BUCKETS_S,
                                       registry=registry),
@@ -122,6 +124,8 @@ class StageMetrics(NamedTuple):
                             "unavailable.", ["stage", "cause"], registry=registry),
             kafka_reachable=Gauge("rampart_stage_kafka_reachable", "1 while this worker's producer reaches Kafka.",
                                   registry=registry),
+            fast_path=Counter("rampart_stage_fast_path_batches", "Input records every processor cleared undecoded "
+                              "(the clean-batch fast path); the others were decoded.", stage_signal, registry=registry),
         )
 
     def observe(self, stage: str, signal: Signal, outcome: ChainOutcome, seconds: float) -> None:
@@ -139,6 +143,8 @@ class StageMetrics(NamedTuple):
             self.changed.labels(stage, s, processor).inc(n)
         for (processor, event), n in outcome.counts.items():
             self.processor_events.labels(processor, event).inc(n)
+        if outcome.fast_path_batches:
+            self.fast_path.labels(stage, s).inc(outcome.fast_path_batches)
         self.process_seconds.labels(stage, s).observe(seconds)
 
 
@@ -214,12 +220,18 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
                        encrypt_unscrubbed=config.keyring.encrypt_unscrubbed,
                        required_before=_stages_before(config, stages) if input_template is None else ())
     registry = CollectorRegistry()
+    for processor in processors:
+        processor.register_metrics(registry)
     worker = _Worker(config, chain, plan, StageMetrics.create(registry), registry)
     spec = ConsumerSpec(plan.group_id, {s: plan.input[s] for s in signals}, config.stages.concurrency,
                         config.stages.session_timeout_s, config.stages.admin_listen)
     log.info("worker %s writes %s", worker.stage, ", ".join(plan.output[s] for s in signals))
-    run_consumer(config, spec, worker.handle, registry, worker.ready, worker.publisher_started,
-                 lambda: worker.metrics.kafka_reachable.set(1 if worker.ready() else 0))
+    try:
+        run_consumer(config, spec, worker.handle, registry, worker.ready, worker.publisher_started,
+                     lambda: worker.metrics.kafka_reachable.set(1 if worker.ready() else 0))
+    finally:
+        for processor in processors:
+            processor.close()
 
 
 def _stages_before(config: RampartConfig, stages: list[str]) -> tuple[str, ...]:

@@ -22,7 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from processors.base import Batch, Processor, Result
+from rampart_native import Needles as NativeNeedles
+from rampart_native import card_screen
+
+from processors.base import Batch, Processor, RawBatch, Result
 from processors.otlp import resources, walk
 from rampart.config import DetectorConfig, ScrubAction, ScrubConfig, default_detectors
 from rampart.settings import ConfigError, env_secret
@@ -36,11 +39,20 @@ _MARKER = r"\[(?:REDACTED|TRUNCATED|HMAC:[0-9a-f]{16})\]"
 
 
 @dataclass(frozen=True)
+class Needles:
+    """A screen that is a plain substring test: does any of these occur in the payload (ignoring ASCII
+    case if ``fold``, as ``bytes.lower()`` does)? A processor runs all of its in one native call."""
+
+    needles: tuple[bytes, ...]
+    fold: bool = False
+
+
+@dataclass(frozen=True)
 class Detector:
     pattern: str                       # regular expression over one string value
-    # Cheap test of the raw payload (and its lower-cased copy): could this detector match at all?
+    # Cheap test of the raw payload: could this detector match at all?
     # It must never say no where the full scan would find something.
-    screen: Callable[[bytes, bytes], bool]
+    screen: Needles | Callable[[bytes], bool]
     check: Callable[[str], bool] | None = None   # further test of a match (e.g. Luhn)
     keys: tuple[str, ...] = ()         # only in attributes with these keys (empty: everywhere)
 
@@ -56,23 +68,16 @@ def luhn_valid(text: str) -> bool:
     return total % 10 == 0
 
 
-def _contains(*needles: bytes) -> Callable[[bytes, bytes], bool]:
-    return lambda payload, _lowered: any(n in payload for n in needles)
+def _contains(*needles: bytes) -> Needles:
+    return Needles(needles)
 
 
-def _contains_ci(*needles: bytes) -> Callable[[bytes, bytes], bool]:
-    lowered_needles = tuple(n.lower() for n in needles)
-    return lambda _payload, lowered: any(n in lowered for n in lowered_needles)
+def _contains_ci(*needles: bytes) -> Needles:
+    return Needles(tuple(n.lower() for n in needles), fold=True)
 
 
-# Digits become "0", separators "-", everything else "x": a card number then shows as eight
-# digits in a row or 4+4 around a separator, found by plain substring search (no regex scan).
-_DIGIT_MAP = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2D if b in (0x20, 0x2D) else 0x78 for b in range(256))
-
-
-def _card_screen(payload: bytes, _lowered: bytes) -> bool:
-    mapped = payload.translate(_DIGIT_MAP)
-    return b"00000000" in mapped or b"0000-0000" in mapped
+# A card number shows as eight digits in a row or 4+4 around a space or dash: card_screen looks for
+# exactly that, natively (no regex scan).
 _EMAIL_SCREEN = re.compile(rb"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2}")
 _IP_SCREEN = re.compile(rb"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 _SECRET_PARAMS = ("access_token", "api_key", "apikey", "auth", "client_secret", "key", "passwd", "password",
@@ -87,9 +92,9 @@ _SECRET_PARAMS = ("access_token", "api_key", "apikey", "auth", "client_secret", 
 DETECTORS: dict[str, Detector] = {
     # A bare "@" is common in binary ids, so the screen looks for "@domain.tld" instead.
     "email": Detector(r"[A-Za-z0-9._%+-]{1,64}+@(?:[A-Za-z0-9-]++\.)+[A-Za-z]{2,}",
-                      lambda p, _l: _EMAIL_SCREEN.search(p) is not None),
+                      lambda p: _EMAIL_SCREEN.search(p) is not None),
     "payment_card": Detector(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])",
-                             _card_screen, check=luhn_valid),
+                             card_screen, check=luhn_valid),
     "jwt": Detector(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
                     _contains(b"eyJ")),
     "credentials": Detector(r"\b(?i:bearer|basic|digest|negotiate)\s+[A-Za-z0-9._~+/=-]{8,}",
@@ -106,7 +111,7 @@ DETECTORS: dict[str, Detector] = {
                             _contains(b"db.statement", b"db.query.text"),
                             keys=("db.statement", "db.query.text")),
     "ip_address": Detector(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])",
-                           lambda p, _l: _IP_SCREEN.search(p) is not None),
+                           lambda p: _IP_SCREEN.search(p) is not None),
 }
 
 
@@ -131,8 +136,18 @@ class ScrubProcessor(Processor):
         self._sensitive = tuple(k.lower() for k in config.sensitive_keys)
         self._sensitive_bytes = tuple(k.encode() for k in self._sensitive)
         self._allow = frozenset(config.allow_keys)
+        # Every substring screen, the sensitive keys' first: one native call over a payload answers all.
+        needles: list[tuple[bytes, bool]] = [(key, True) for key in self._sensitive_bytes]
+        self._needle_slots: dict[int, range] = {}
+        for i, rule in enumerate(self._rules):
+            if isinstance(rule.detector.screen, Needles):
+                self._needle_slots[i] = range(len(needles), len(needles) + len(rule.detector.screen.needles))
+                needles += [(needle, rule.detector.screen.fold) for needle in rule.detector.screen.needles]
+        self._needles = NativeNeedles(needles)
         # Per set of rules the screens let through: one combined expression, compiled once.
         self._plans: dict[tuple[frozenset[int], bool], _Plan] = {}
+        # Per set of rules allowed for some strings: an expression of just those rules (clears()).
+        self._finders: dict[frozenset[int], tuple[re.Pattern[str] | None, bool]] = {}
 
     def _uses_hash(self) -> bool:
         return any(r.action == "hash" for r in self._rules) or self._config.sensitive_key_action == "hash"
@@ -149,10 +164,16 @@ class ScrubProcessor(Processor):
         everything = frozenset(range(len(self._rules)))
         if payload is None or payload_format is not PayloadFormat.OTLP_PROTO or self._allow:
             return self._plan_for(everything, keys_checked=True)
-        lowered = payload.lower()
-        keys_checked = any(key in lowered for key in self._sensitive_bytes)
-        active = frozenset(i for i, rule in enumerate(self._rules) if rule.detector.screen(payload, lowered))
+        found = self._needles.found(payload)
+        keys_checked = any(found[: len(self._sensitive_bytes)])
+        active = frozenset(i for i in range(len(self._rules)) if self._screen(i, payload, found))
         return self._plan_for(active, keys_checked)
+
+    def _screen(self, i: int, payload: bytes, found: list[bool]) -> bool:
+        screen = self._rules[i].detector.screen
+        if isinstance(screen, Needles):
+            return any(found[j] for j in self._needle_slots[i])
+        return screen(payload)
 
     def _plan_for(self, active: frozenset[int], keys_checked: bool) -> _Plan:
         cached = self._plans.get((active, keys_checked))
@@ -167,6 +188,60 @@ class ScrubProcessor(Processor):
             cached = _Plan(active, general, keyed, re.compile("|".join(alternatives)), keys_checked)
             self._plans[(active, keys_checked)] = cached
         return cached
+
+    # ------------------------------------------------------------ the fast path
+
+    def clears(self, raw: RawBatch) -> Result | None:
+        """None if scrub might change anything in this batch: a rule the screens let through matches
+        (even where a check such as Luhn's would then reject the match), or a key may be sensitive.
+
+        It looks at a superset of what :meth:`process` scans (every string it would scan, each with
+        at least the rules process would allow for it), so "no match at all" here means no hit there.
+        """
+        if self._allow or raw.signal is not Signal.TRACES:
+            return None
+        result = Result()
+        plan = self._plan(raw.payload, PayloadFormat.OTLP_PROTO)
+        if not plan.rules and not plan.keys_checked:
+            result.count("screened_clean_batches")
+            return result
+        keyed = sorted(plan.keyed)
+        groups = raw.scan.texts(keyed)
+        for allowed, texts in zip([plan.general, *(plan.keyed[key] for key in keyed)], groups, strict=True):
+            if allowed and texts and self._finds(allowed, texts):
+                return None
+        if plan.keys_checked and any(key.lower().endswith(self._sensitive) for key in raw.scan.attribute_keys()):
+            return None
+        return result
+
+    def _finds(self, allowed: frozenset[int], texts: list[str]) -> bool:
+        """Whether any of the ``allowed`` rules matches anywhere in ``texts``.
+
+        Only the allowed rules are in the expression: another rule's match is no hit there (numbers
+        outside SQL attributes) and would only send clean batches to the full scan. The built-in
+        rules search the texts joined by newlines, in one call. That is safe: a built-in match
+        inside one string is still a match at the same place in the joined text, because no
+        built-in expression anchors on a string's start or end and every look-around or boundary at
+        a string's edge (\\b, (?<![\\d.]), (?![\\w.]), (?<=://), (?=@)) treats the newline like
+        the edge; private_key's "$" finds the joined text's end instead. Joining can only add
+        matches (a quoted run across two strings), which sends the batch to the full scan, never
+        misses one. Custom rules may anchor (^, $, \\A), so they search each string on its own.
+        """
+        finder = self._finders.get(allowed)
+        if finder is None:
+            builtin = all(self._rules[i].detector is DETECTORS.get(self._rules[i].name) for i in allowed)
+            try:
+                pattern: re.Pattern[str] | None = re.compile(
+                    "|".join(f"(?:{self._rules[i].detector.pattern})" for i in sorted(allowed)))
+            except re.error:  # (custom rules reusing a group name): never cleared, as process() cannot run either
+                pattern = None
+            finder = self._finders[allowed] = (pattern, builtin)
+        pattern, builtin = finder
+        if pattern is None:
+            return True
+        if builtin:
+            return pattern.search("\n".join(texts)) is not None
+        return any(pattern.search(text) is not None for text in texts)
 
     # ------------------------------------------------------------ the scan
 
@@ -380,7 +455,7 @@ def _rules(config: ScrubConfig) -> list[_Rule]:
             re.compile(f"(?P<probe>{pattern})")
         except re.error as exc:
             raise ScrubSetupError(f"scrub.rules.{name}.pattern: not a valid regular expression ({exc})") from None
-        rules.append(_Rule(name, custom.action, Detector(pattern, screen=lambda _p, _l: True)))
+        rules.append(_Rule(name, custom.action, Detector(pattern, screen=lambda _p: True)))
     return rules
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
-from processors.base import Batch, Processor, Result
+from processors.base import Batch, Processor, RawBatch, Result
 from processors.otlp import ItemRef, resources, walk
 from rampart.config import ValidateConfig
 from schemas.envelope import Signal
@@ -23,6 +23,7 @@ __all__ = ["ValidateProcessor", "valid_tracestate"]
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
+_MAX_FIXED64 = 2**64 - 1
 # W3C Trace Context, tracestate: up to 32 list members "key=value", comma separated.
 _TS_KEY = r"(?:[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}|[a-z][a-z0-9_\-*/]{0,255})"
 _TS_VALUE = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
@@ -66,6 +67,25 @@ class ValidateProcessor(Processor):
             if problem is not None:
                 result.drop(ref, *problem)
         return result
+
+    def clears(self, raw: RawBatch) -> Result | None:
+        """A clean batch (traces only) passes every check when the batch's extremes do: the native
+        scan keeps, over every span, event, link, resource and scope, the worst of each quantity
+        checked here; trace states and tenant claims are checked here on what it extracted."""
+        low = raw.received_at_ns - int(self._c.max_age_s * 1e9)
+        high = raw.received_at_ns + int(self._c.max_future_s * 1e9)
+        if raw.signal is not Signal.TRACES or low > _MAX_FIXED64 or high < 0:
+            return None
+        c, scan = self._c, raw.scan
+        if not scan.validate(c.max_attributes, c.max_events, c.max_links, c.max_name_bytes, c.max_string_bytes,
+                             c.max_value_depth, max(low, 0), min(high, _MAX_FIXED64)):
+            return None
+        if not all(valid_tracestate(state) for state in scan.tracestates()):
+            return None
+        # A claim equal to the authenticated tenant is left alone; any other would be overwritten or dropped.
+        if any(claim != raw.tenant for claim in scan.claims(list(c.tenant_keys))):
+            return None
+        return Result()
 
     def _holder(self, holder: Any, what: str) -> tuple[str, str] | None:
         problem = self._attributes(holder.attributes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import Producer
@@ -32,18 +33,26 @@ def audit_record(event: str, component: str, instance: str, tenant: str = "", pr
 
 
 def quarantine_records(topics: TopicNames, signal: Signal, value: bytes, key: bytes | None, source: str,
-                       reason: str, detail: str, component: str, instance: str) -> list[Record]:
-    """What every consumer produces for a record it cannot trust or read: the record untouched on the
-    quarantine topic, its reason in headers (``rampart quarantine`` and operators read them), and a
-    ``quarantined`` audit event."""
+                       reason: str, detail: str, component: str, instance: str, *, tenant: str = "",
+                       principal: str = "", fields: Mapping[str, str] | None = None) -> list[Record]:
+    """What every consumer produces for a record it cannot trust or read, or that a processor set aside:
+    the record untouched on the quarantine topic, its reason in headers (``rampart quarantine`` and
+    operators read them), and a ``quarantined`` audit event.
+
+    ``tenant``, ``principal`` and ``fields`` are given only for a record whose envelope verified (a
+    processor's quarantine); each field becomes a ``rampart.quarantine.<name>`` header and an event field.
+    """
     detail = detail[:_MAX_DETAIL]
+    extra = {name: text[:_MAX_DETAIL] for name, text in (fields or {}).items()}
     headers = [("rampart.quarantine.reason", reason.encode()), ("rampart.quarantine.detail", detail.encode()),
-               ("rampart.quarantine.stage", component.encode()), ("rampart.quarantine.source", source.encode())]
-    event = audit_record("quarantined", component, instance, reason=reason, detail=detail, signal=signal.value,
-                         source=source)
+               ("rampart.quarantine.stage", component.encode()), ("rampart.quarantine.source", source.encode()),
+               ("rampart.quarantine.at", f"{time.time():.3f}".encode())]
+    headers += [(f"rampart.quarantine.{name}", text.encode()) for name, text in extra.items()]
+    event = audit_record("quarantined", component, instance, tenant, principal, reason=reason, detail=detail,
+                         signal=signal.value, source=source, **extra)
     log.warning("quarantined a record from %s: %s", source, reason)
     return [Record(topics.quarantine(signal), value, key, None, headers),
-            Record(topics.audit(), json.dumps(event, sort_keys=True).encode())]
+            Record(topics.audit(), json.dumps(event, sort_keys=True).encode(), tenant.encode() or None)]
 
 
 class AuditLog:

@@ -8,6 +8,7 @@ import zlib
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from processors.base import Batch, Processor, Quarantine, Result
 from processors.chain import StageChain
 from processors.dedup import DedupProcessor, InMemoryMarks
 from processors.scrub import ScrubProcessor
@@ -147,3 +148,36 @@ def test_tenant_service_keying() -> None:
                                       end_time_unix_nano=NOW)
     outcome = chain(keying="tenant_service").handle(Signal.TRACES, envelope(request), None, "src")
     assert sorted(r.key for r in outcome.records) == [b"acme/cart", b"acme/checkout"]
+
+
+class _SetAside(Processor):
+    """Asks for the whole batch to be quarantined, as forgery does above its threshold."""
+
+    name = "set-aside"
+
+    def process(self, batch: Batch) -> Result:
+        result = Result()
+        result.quarantine = Quarantine("forgery_suspected", "score 0.97: new_service", {"score": "0.970"})
+        return result
+
+
+def test_a_processor_quarantines_the_whole_input_untouched_with_an_audit_event() -> None:
+    request = traces(3)
+    request.resource_spans[0].scope_spans[0].spans[0].trace_id = bytes(16)   # validate rejects this one first
+    processors = [ValidateProcessor(ValidateConfig()), _SetAside()]
+    c = StageChain(names=["validate", "set-aside"], processors=processors, keyring=WORKER, topics=TOPICS,
+                   output_topic=TOPICS.clean, keying="gateway", output_partitions=lambda _s: 6, instance="test")
+    value = envelope(request)
+    outcome = c.handle(Signal.TRACES, value, b"k", "t.raw.traces/1/7")
+    quarantine, audit = outcome.records
+    # The input as it arrived, still signed by the gateway (releasable), and no reject or output beside it.
+    assert quarantine.topic == "t.quarantine.traces" and quarantine.value == value and quarantine.key == b"k"
+    GATEWAY.verify(decode(quarantine.value))
+    headers = dict(quarantine.headers or [])
+    assert headers["rampart.quarantine.reason"] == b"forgery_suspected"
+    assert headers["rampart.quarantine.score"] == b"0.970"
+    assert headers["rampart.quarantine.source"] == b"t.raw.traces/1/7"
+    event = json.loads(audit.value)
+    assert audit.topic == "t.audit" and event["event"] == "quarantined" and event["tenant"] == "acme"
+    assert event["processor"] == "set-aside" and event["batch_id"] == decode(value).batch_id
+    assert outcome.quarantine_reason == "forgery_suspected" and outcome.items_out == 0 and outcome.dropped == {}
