@@ -351,6 +351,9 @@ class PrometheusSinkConfig:
     endpoint: str = "http://127.0.0.1:9090/api/v1/write"
     headers: dict[str, str] = field(default_factory=dict)
     headers_from_env: dict[str, str] = field(default_factory=dict)
+    # The tenant is a "tenant" label on every series, and this resource attribute (overwriting whatever
+    # the data said), which lands as a label of target_info; its own setting, not the OTLP sink's.
+    tenant_attribute: str = "tenant.id"
     tenant_header: str | None = None
     timeout_s: float = bounded(10.0, min=0.1, max=600.0)
 

@@ -10,14 +10,20 @@ Conversion, per the OpenTelemetry specification's Prometheus compatibility secti
   summaries -> the name with "quantile", "_sum", "_count";
 - resource attributes: service.namespace/service.name -> job, service.instance.id -> instance, and all
   others as labels of a "target_info" gauge of value 1; the tenant is a label of every series.
+- exemplars of histogram points go to the "_bucket" series whose "le" bucket holds their value, those
+  of monotonic sums to the "_total" series; "trace_id"/"span_id" (hex) and the filtered attributes
+  become exemplar labels, an attribute left out where it would break the 128-character limit on an
+  exemplar's labels. Other points' exemplars are dropped, as the specification says.
 Not converted, and counted with a reason instead of being mangled: delta temporality (Prometheus
 needs cumulative values) and exponential histograms (remote write 1.0 has no native histograms).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import struct
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +38,8 @@ from schemas.envelope import Signal
 from sinks.base import ExportRequest, PermanentExportError, RetryableExportError, Sink
 from sinks.otlp import RETRYABLE_STATUS, headers_from
 
-__all__ = ["Conversion", "PrometheusRemoteWriteSink", "convert", "metric_name"]
+__all__ = ["EXEMPLAR_LABELS_MAX_CHARS", "Conversion", "Exemplar", "PrometheusRemoteWriteSink", "convert", "exemplar",
+           "metric_name"]
 
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _INVALID_NAME = re.compile(r"[^a-zA-Z0-9_:]+")
@@ -87,14 +94,33 @@ def metric_name(name: str, unit: str, *, counter: bool, gauge: bool) -> str:
     return base
 
 
+# The OpenMetrics limit on an exemplar's labels: names and values together, in characters (Prometheus
+# refuses an exemplar over it).
+EXEMPLAR_LABELS_MAX_CHARS = 128
+
+Labels = tuple[tuple[str, str], ...]  # sorted by name
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    labels: Labels
+    value: float
+    timestamp_ms: int
+
+
 @dataclass
 class Conversion:
-    series: dict[tuple[tuple[str, str], ...], list[tuple[float, int]]] = field(default_factory=dict)
+    series: dict[Labels, list[tuple[float, int]]] = field(default_factory=dict)
+    exemplars: dict[Labels, list[Exemplar]] = field(default_factory=dict)  # series -> its exemplars
     refused: dict[str, int] = field(default_factory=dict)   # reason -> data points not converted
 
-    def add(self, labels: Mapping[str, str], value: float, timestamp_ms: int) -> None:
+    def add(self, labels: Mapping[str, str], value: float, timestamp_ms: int) -> Labels:
         key = tuple(sorted(labels.items()))
         self.series.setdefault(key, []).append((value, timestamp_ms))
+        return key
+
+    def add_exemplar(self, series: Labels, exemplar: Exemplar) -> None:
+        self.exemplars.setdefault(series, []).append(exemplar)
 
     def refuse(self, reason: str, n: int) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + n
@@ -119,6 +145,23 @@ def _labels(attributes: Iterable[Any]) -> dict[str, str]:
         value = _value(kv.value)
         out[name] = f"{out[name]};{value}" if name in out else value  # collisions join, as the spec says
     return out
+
+
+def _number(point: Any) -> float:
+    return float(point.as_double if point.WhichOneof("value") == "as_double" else point.as_int)
+
+
+def exemplar(otlp: Any) -> Exemplar:
+    """An OTLP exemplar as a remote-write one: trace and span id first, then as many of its filtered
+    attributes (by label name) as fit within the limit on an exemplar's labels."""
+    ids = {name: raw.hex() for name, raw in (("trace_id", otlp.trace_id), ("span_id", otlp.span_id)) if raw}
+    labels = dict(ids)
+    room = EXEMPLAR_LABELS_MAX_CHARS - sum(len(k) + len(v) for k, v in ids.items())
+    for name, value in sorted(_labels(otlp.filtered_attributes).items()):
+        if name not in labels and len(name) + len(value) <= room:
+            labels[name] = value
+            room -= len(name) + len(value)
+    return Exemplar(tuple(sorted(labels.items())), _number(otlp), otlp.time_unix_nano // 1_000_000)
 
 
 def _float_label(value: float) -> str:
@@ -159,8 +202,10 @@ def _convert_metric(metric: Any, target: Mapping[str, str], out: Conversion) -> 
         for p in data.data_points:
             ts = p.time_unix_nano // 1_000_000
             latest = max(latest, ts)
-            value = p.as_double if p.WhichOneof("value") == "as_double" else float(p.as_int)
-            out.add({"__name__": name, **_labels(p.attributes), **target}, value, ts)
+            series = out.add({"__name__": name, **_labels(p.attributes), **target}, _number(p), ts)
+            if counter:
+                for e in p.exemplars:
+                    out.add_exemplar(series, exemplar(e))
     elif kind == "histogram":
         if metric.histogram.aggregation_temporality != _CUMULATIVE:
             out.refuse("delta_temporality", len(metric.histogram.data_points))
@@ -172,11 +217,20 @@ def _convert_metric(metric: Any, target: Mapping[str, str], out: Conversion) -> 
             labels = {**_labels(p.attributes), **target}
             running = 0
             bounds = [*p.explicit_bounds, float("inf")]
+            buckets = []
             for bound, count in zip(bounds, p.bucket_counts, strict=False):
                 running += count
-                out.add({"__name__": f"{name}_bucket", "le": _float_label(bound), **labels}, float(running), ts)
+                buckets.append(out.add({"__name__": f"{name}_bucket", "le": _float_label(bound), **labels},
+                                       float(running), ts))
             if not p.bucket_counts:
-                out.add({"__name__": f"{name}_bucket", "le": "+Inf", **labels}, float(p.count), ts)
+                buckets.append(out.add({"__name__": f"{name}_bucket", "le": "+Inf", **labels}, float(p.count), ts))
+            for e in p.exemplars:
+                converted = exemplar(e)
+                # Bucket i holds (bounds[i-1], bounds[i]]: the first bound not below the value. A NaN
+                # lies in no bucket; with bucket counts missing, every value lies in the one "+Inf" bucket.
+                i = 0 if not p.bucket_counts else bisect_left(p.explicit_bounds, converted.value)
+                if not math.isnan(converted.value) and i < len(buckets):
+                    out.add_exemplar(buckets[i], converted)
             if p.HasField("sum"):
                 out.add({"__name__": f"{name}_sum", **labels}, p.sum, ts)
             out.add({"__name__": f"{name}_count", **labels}, float(p.count), ts)
@@ -211,15 +265,21 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+def _encode_labels(labels: Labels) -> bytes:
+    return b"".join(_field(1, _field(1, name.encode()) + _field(2, text.encode())) for name, text in labels)
+
+
 def encode_write_request(conversion: Conversion) -> bytes:
-    """prometheus.WriteRequest{timeseries: [TimeSeries{labels, samples}]} in protobuf wire format."""
+    """prometheus.WriteRequest{timeseries: [TimeSeries{labels, samples, exemplars}]} in protobuf wire format."""
     out = bytearray()
     for labels, samples in conversion.series.items():
-        series = bytearray()
-        for name, text in labels:  # already sorted by name, as remote write requires
-            series += _field(1, _field(1, name.encode()) + _field(2, text.encode()))
+        series = bytearray(_encode_labels(labels))  # already sorted by name, as remote write requires
         for sample, timestamp in sorted(samples, key=lambda s: s[1]):
             series += _field(2, b"\x09" + struct.pack("<d", sample) + b"\x10" + _varint(timestamp))
+        # Oldest first: Prometheus drops an exemplar older than the last one it has for the series.
+        for e in sorted(conversion.exemplars.get(labels, ()), key=lambda e: e.timestamp_ms):
+            series += _field(3, _encode_labels(e.labels) + b"\x11" + struct.pack("<d", e.value)
+                             + b"\x18" + _varint(e.timestamp_ms))
         out += _field(1, bytes(series))
     return bytes(out)
 

@@ -21,7 +21,7 @@ from rampart.topics import TopicNames
 from schemas.envelope import EnvelopeError, decode
 from sinks.base import PermanentExportError
 from sinks.retry import CircuitBreaker, RetryPolicy, deliver
-from sinks.runtime import build_sink, export_request
+from sinks.runtime import build_sink, export_request, tenant_attribute
 
 __all__ = ["ReplayReport", "replay"]
 
@@ -56,7 +56,7 @@ def replay(config: RampartConfig, env: Mapping[str, str], sink_name: str, progre
             assert partition is not None and offset is not None and value is not None  # set on real messages
             try:
                 envelope = keyring.open(decode(value))
-                request = export_request(envelope.signal, envelope, config.sinks.otlp.tenant_attribute)
+                request = export_request(envelope.signal, envelope, tenant_attribute(sink_name, config))
                 loop.run_until_complete(deliver(sink, request, policy, breaker, lambda _e, _d: None))
                 report.delivered += 1
             except (EnvelopeError, SignatureError, ValueError):

@@ -40,7 +40,7 @@ from sinks.otlp_grpc import OtlpGrpcSink
 from sinks.prometheus import PrometheusRemoteWriteSink
 from sinks.retry import CircuitBreaker, RetryPolicy, deliver
 
-__all__ = ["SinkMetrics", "build_sink", "export_request", "run_sink"]
+__all__ = ["SinkMetrics", "build_sink", "export_request", "run_sink", "tenant_attribute"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,11 @@ def export_request(signal: Signal, envelope: Envelope, tenant_attribute: str) ->
                          count_items(request, signal), envelope.batch_id)
 
 
+def tenant_attribute(name: str, config: RampartConfig) -> str:
+    """The resource attribute sink ``name`` writes the tenant into (each sink has its own setting)."""
+    return config.sinks.prometheus.tenant_attribute if name == "prometheus" else config.sinks.otlp.tenant_attribute
+
+
 def build_sink(name: str, config: RampartConfig, env: Mapping[str, str]) -> Sink:
     if name == "otlp":
         if config.sinks.otlp.protocol == "grpc":
@@ -131,6 +136,7 @@ class _SinkWorker:
         self._budgets = budgets
         self._delivered = delivered
         self._required_stages = ("gateway", *config.stages.pipeline)
+        self._tenant_attribute = tenant_attribute(sink.name, config)
         self._in_flight: dict[str, asyncio.Future[bool]] = {}  # batch id -> exported?
         self._batcher: ExportBatcher | None = None  # created in the running loop
         self.publisher: Publisher | None = None
@@ -157,7 +163,7 @@ class _SinkWorker:
                 # topic): it would reach the backend unvalidated and unscrubbed.
                 raise SignatureError("skipped_stages", f"envelope has passed {', '.join(envelope.stages)}; "
                                                        f"a sink needs {', '.join(self._required_stages)}")
-            request = export_request(signal, envelope, self._config.sinks.otlp.tenant_attribute)
+            request = export_request(signal, envelope, self._tenant_attribute)
         except (EnvelopeError, SignatureError, OtlpDecodeError) as exc:
             reason = getattr(exc, "reason", "malformed_envelope")
             await self._publish(quarantine_records(self._topics, signal, value, key, source, reason, str(exc),
@@ -242,16 +248,14 @@ class _SinkWorker:
 
     def _batcher_started(self) -> ExportBatcher:
         if self._batcher is None:
-            exporting = asyncio.Semaphore(self._config.sinks.concurrency)
-
             async def export(request: ExportRequest) -> Mapping[str, int] | None:
-                async with exporting:  # held batches wait outside: they never take an export slot
-                    return await deliver(self._sink, request, self._policy, self._breaker,
-                                         self._on_retry(request.signal))
+                return await deliver(self._sink, request, self._policy, self._breaker, self._on_retry(request.signal))
 
             sinks = self._config.sinks
             records = 1 if self._sink.name == "prometheus" else sinks.batch_max_records
-            self._batcher = ExportBatcher(export, records, sinks.batch_max_bytes, sinks.batch_max_wait_ms / 1000)
+            # The batcher holds the export slots; held batches wait before it, so they never take one.
+            self._batcher = ExportBatcher(export, sinks.concurrency, records, sinks.batch_max_bytes,
+                                          sinks.batch_max_wait_ms / 1000)
         return self._batcher
 
     async def _within_budget(self, request: ExportRequest, value: bytes, key: bytes | None, source: str) -> bool:
@@ -319,8 +323,9 @@ def run_sink(config: RampartConfig, env: Mapping[str, str], name: str) -> None:
     worker = _SinkWorker(config, sink, keyring, CollectorRegistry(), budgets, delivered)
     # Remote write refuses a sample older than one it already has for the series, so the Prometheus sink
     # exports one record at a time, in partition order.
-    # Room for a full batch per export slot, so that records can be combined.
-    concurrency = 1 if name == "prometheus" else config.sinks.concurrency * config.sinks.batch_max_records
+    # Room for a full batch per export slot, so that records can be combined, and for one more that fills
+    # while every slot is busy, ready to leave as soon as one frees.
+    concurrency = 1 if name == "prometheus" else (config.sinks.concurrency + 1) * config.sinks.batch_max_records
     holds = budgets is not None and config.sinks.budget_policy == "hold"
     if holds and name != "prometheus":
         concurrency += config.sinks.max_held_batches  # room for held batches beside the exporting ones

@@ -278,6 +278,7 @@ def test_rampart_reaches_the_other_services_by_name(project: dict[str, Any], tmp
         assert (otlp.hostname, otlp.port) == ("jaeger", jaeger_http_port)
         assert urlsplit(config.sinks.prometheus.endpoint).hostname == "prometheus"
     assert "--web.enable-remote-write-receiver" in services(project)["prometheus"]["command"]
+    assert "--enable-feature=exemplar-storage" in services(project)["prometheus"]["command"]
 
 
 # ------------------------------------------------------------------ secrets
