@@ -904,8 +904,9 @@ def chart(path: Path, gateway: list[dict[str, Any]], stages: list[dict[str, Any]
 
 
 DIFFERENCES = [
-    "Gateway: Rampart authenticates the API key and rate-limits per tenant in Redis (one script call per "
-    "request), wraps the body in an HMAC-signed envelope and does not decode it; the collector decodes the "
+    "Gateway: Rampart authenticates the API key and rate-limits per tenant in Redis (tokens leased ahead: "
+    "at most one script call per tenant per gateway.rate_limit.lease_s, 0.1 s by default), wraps the body in "
+    "an HMAC-signed envelope and does not decode it; the collector decodes the "
     "protobuf into pdata and re-encodes it for Kafka, with no authentication or rate limit. Both answer 200 "
     "only after Kafka's acks=all acknowledgement (the peer runs without the batch processor and with the "
     "exporter's queue off; `peer+batch` shows the usual deployment, which answers before Kafka has the data).",

@@ -76,6 +76,12 @@ class ApiKeyTable:
     def __init__(self, keys: Iterable[ApiKey], version: int) -> None:
         self._keys = {k.key_id: k for k in keys}
         self.version = version
+        # Tokens that passed the full check against this snapshot, so a client's next request costs a
+        # dict lookup instead of a regex and a SHA-256. The cache lives and dies with the snapshot:
+        # every change to the registry (a revocation too) bumps its version and the gateway loads a
+        # new table, whose cache starts empty, so revocation takes effect exactly as without it. It
+        # holds at most one token per unrevoked key: only the token whose secret matches the key's hash.
+        self._verified: dict[str, ApiKey] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -85,6 +91,15 @@ class ApiKeyTable:
 
     def authenticate(self, token: str | None, signal: Signal) -> ApiKey:
         """The key for ``token`` if it is valid, unrevoked and may send ``signal``; else raise."""
+        key = self._verified.get(token) if token else None
+        if key is None:
+            key = self._verify(token)
+        if signal not in key.signals:
+            allowed = ", ".join(sorted(s.value for s in key.signals)) or "none"
+            raise PermissionDenied(f"this API key may not send {signal.value} (allowed: {allowed})")
+        return key
+
+    def _verify(self, token: str | None) -> ApiKey:
         if token is None:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
         match = _TOKEN.match(token)
@@ -99,9 +114,7 @@ class ApiKeyTable:
             raise Unauthenticated("invalid API key")
         if key.revoked_at is not None:
             raise RevokedKey("API key has been revoked", key)
-        if signal not in key.signals:
-            allowed = ", ".join(sorted(s.value for s in key.signals)) or "none"
-            raise PermissionDenied(f"this API key may not send {signal.value} (allowed: {allowed})")
+        self._verified[token] = key
         return key
 
 

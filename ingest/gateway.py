@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from prometheus_client import Counter, Histogram
+
 from ingest.apikeys import ApiKey, ApiKeyCache, RevokedKey
 from ingest.errors import IngestError, PayloadTooLarge, PermissionDenied, Throttled, Unauthenticated, Unavailable
 from ingest.framing import check_framing
@@ -60,6 +62,13 @@ class Gateway:
         self._max_payload_bytes = max_message_bytes - _ENVELOPE_HEADROOM_BYTES
         self._retry_after_s = retry_after_s
         self._throttled: dict[str, _ThrottleWindow] = {}
+        # Gauges read when scraped rather than set on every request; labelled children looked up once
+        # per label set (prometheus_client validates and locks on every labels() call).
+        metrics.in_flight.set_function(lambda: self._in_flight)
+        metrics.kafka_queue.set_function(publisher.queue_length)
+        metrics.kafka_reachable.set_function(lambda: 1 if publisher.kafka_reachable else 0)
+        self._accepted_series: dict[tuple[Signal, str], tuple[Counter, Counter, Histogram]] = {}
+        self._answered_series: dict[tuple[str, Signal, str, int], tuple[Counter, Histogram]] = {}
         # Splitting an oversized request takes up to a few seconds of Python for hostile payloads
         # (millions of tiny items) and memory for the parts: one at a time, off the event loop, so
         # other clients are served meanwhile and memory stays bounded.
@@ -71,12 +80,10 @@ class Gateway:
         if self._in_flight >= self._max_in_flight:
             raise Unavailable("gateway is at its concurrency limit", self._retry_after_s)
         self._in_flight += 1
-        self.metrics.in_flight.set(self._in_flight)
         try:
             yield
         finally:
             self._in_flight -= 1
-            self.metrics.in_flight.set(self._in_flight)
 
     def ready(self) -> bool:
         return self._publisher.kafka_reachable and self._keys.table is not None
@@ -139,24 +146,38 @@ class Gateway:
         # spread evenly by batch id.
         source_key = f"{key.tenant}/{key.key_id}".encode() if signal is Signal.METRICS else None
         try:
-            await asyncio.gather(*(self._publisher.publish(topic, source_key or e.batch_id.encode(), encode(e))
-                                   for e in envelopes))
+            if len(envelopes) == 1:  # the usual case: no task and gathering future for one record
+                envelope = envelopes[0]
+                await self._publisher.publish(topic, source_key or envelope.batch_id.encode(), encode(envelope))
+            else:
+                await asyncio.gather(*(self._publisher.publish(topic, source_key or e.batch_id.encode(), encode(e))
+                                       for e in envelopes))
         except RecordTooLarge as exc:
             raise PayloadTooLarge(f"batch exceeds the Kafka record limit ({exc})") from None
         except PublishError as exc:
             raise Unavailable(f"{exc}", self._retry_after_s) from None
-        self.metrics.envelopes.labels(signal.value).inc(len(envelopes))
-        self.metrics.received_bytes.labels(signal.value, key.tenant).inc(len(payload))
-        self.metrics.request_size.labels(signal.value).observe(len(payload))
+        series = self._accepted_series.get((signal, key.tenant))
+        if series is None:
+            series = self._accepted_series[(signal, key.tenant)] = (
+                self.metrics.envelopes.labels(signal.value),
+                self.metrics.received_bytes.labels(signal.value, key.tenant),
+                self.metrics.request_size.labels(signal.value))
+        series[0].inc(len(envelopes))
+        series[1].inc(len(payload))
+        series[2].observe(len(payload))
         return len(envelopes)
 
     def observe(self, transport: str, signal: Signal, tenant: str, error: IngestError | None,
                 started: float) -> None:
-        code = "200" if error is None else str(error.http_status)
-        self.metrics.requests.labels(transport, signal.value, tenant, code).inc()
-        self.metrics.request_duration.labels(transport, signal.value).observe(time.perf_counter() - started)
-        self.metrics.kafka_queue.set(self._publisher.queue_length())
-        self.metrics.kafka_reachable.set(1 if self._publisher.kafka_reachable else 0)
+        status = 200 if error is None else error.http_status
+        series = self._answered_series.get((transport, signal, tenant, status))
+        if series is None:
+            # Bounded: tenants come from loaded API keys ("" before authentication), statuses are few.
+            series = self._answered_series[(transport, signal, tenant, status)] = (
+                self.metrics.requests.labels(transport, signal.value, tenant, str(status)),
+                self.metrics.request_duration.labels(transport, signal.value))
+        series[0].inc()
+        series[1].observe(time.perf_counter() - started)
 
     async def _rate_limit(self, key: ApiKey, signal: Signal, size: int) -> bool:
         """True when the limiter decided; False when Redis was unreachable and the policy let it pass."""

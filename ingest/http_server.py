@@ -78,16 +78,27 @@ class HttpFrontEnd:
         inflater = GzipInflater(self._max_decompressed_bytes) if encoding == "gzip" else None
         parts: list[bytes] = []
         received = 0
+
+        def take(chunk: bytes) -> None:
+            nonlocal received
+            received += len(chunk)
+            if received > self._max_request_bytes:
+                raise PayloadTooLarge(f"request body exceeds the limit of {self._max_request_bytes} bytes")
+            if inflater is not None:
+                inflater.feed(chunk)
+            else:
+                parts.append(chunk)
+
+        content = request.content
         try:
-            async with asyncio.timeout(self._request_timeout_s):
-                async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
-                    received += len(chunk)
-                    if received > self._max_request_bytes:
-                        raise PayloadTooLarge(f"request body exceeds the limit of {self._max_request_bytes} bytes")
-                    if inflater is not None:
-                        inflater.feed(chunk)
-                    else:
-                        parts.append(chunk)
+            if content.is_eof():
+                # The whole body arrived with the headers (usual for small requests): nothing to wait
+                # for, so no deadline to arm.
+                take(content.read_nowait())
+            else:
+                async with asyncio.timeout(self._request_timeout_s):
+                    async for chunk in content.iter_chunked(_CHUNK_BYTES):
+                        take(chunk)
         except TimeoutError:
             raise _RequestTimeout(f"request body not received within {self._request_timeout_s}s") from None
         except (ConnectionError, HttpProcessingError) as exc:

@@ -62,7 +62,7 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
     gateway = Gateway(
         gateway_id=gateway_id, keyring=keyring, keys=keys,
         limiter=RateLimiter(async_redis, config.redis.key_prefix, gw.rate_limit, gw.tenant_rate_limits,
-                            gw.redis_failure_policy),
+                            gw.redis_failure_policy, gw.rate_limit_lease_ttl_s),
         publisher=publisher, topics=topics, audit=AuditLog(publisher.producer, topics.audit(), "gateway", gateway_id),
         metrics=metrics, max_in_flight=gw.max_in_flight, max_message_bytes=config.kafka.max_message_bytes,
         retry_after_s=gw.retry_after_s, encrypt_payloads=config.keyring.encrypt_unscrubbed)

@@ -138,6 +138,10 @@ class RateLimitConfig:
     burst_requests: float = bounded(1000.0, min=1)
     bytes_per_s: float = bounded(64 * 1024 * 1024, min=1)
     burst_bytes: float = bounded(128 * 1024 * 1024, min=1)
+    # Each replica takes up to this many seconds' worth of both rates from Redis at a time and spends
+    # it locally (whole requests only): N replicas can admit at most N * lease_s seconds' worth beyond
+    # the buckets. 0: one Redis call per request, exact. docs/gateway.md, "Rate limits".
+    lease_s: float = bounded(0.1, min=0.0, max=10.0)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,9 @@ class GatewayConfig:
     # a revoked key keeps working.
     apikey_refresh_interval_s: float = bounded(2.0, min=0.1, max=300.0)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # A replica's unspent rate-limit lease is given back and renewed at the latest this long after
+    # Redis granted it.
+    rate_limit_lease_ttl_s: float = bounded(1.0, min=0.01, max=60.0)
     # Per-tenant overrides of rate_limit, by tenant id.
     tenant_rate_limits: dict[str, RateLimitConfig] = field(default_factory=dict)
 
@@ -290,7 +297,8 @@ class ForgeryConfig:
     annotate_threshold: float = bounded(0.3, min=0.0, max=1.0)
     # ... is kept out of every baseline ...
     baseline_threshold: float = bounded(0.3, min=0.0, max=1.0)
-    # ... is dropped with reason forgery_suspected (a reject record and an audit event), if enabled.
+    # ... is quarantined whole with reason forgery_suspected (rampart.quarantine.<signal> and an audit
+    # event; `rampart quarantine` reviews and releases it), if enabled.
     quarantine_threshold: float = bounded(0.8, min=0.0, max=1.0)
     quarantine: bool = True
     # Memory bounds: least recently seen state goes first.

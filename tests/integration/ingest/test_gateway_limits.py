@@ -62,20 +62,31 @@ def redis_proxy() -> Iterator[CuttableProxy]:
     proxy.close()
 
 
+LEASE_TTL_S = 0.3
+
+
 def gateway_behind(proxy: CuttableProxy, deployment: Deployment, policy: str) -> tuple[GatewayProcess, str]:
     """A gateway that reaches Redis only through ``proxy``, and a key it has loaded."""
     gateway = deployment.start_gateway(RAMPART__REDIS__URL=f"redis://127.0.0.1:{proxy.port}/0",
                                        RAMPART__REDIS__SOCKET_TIMEOUT_S="0.5",
-                                       RAMPART__GATEWAY__REDIS_FAILURE_POLICY=policy)
+                                       RAMPART__GATEWAY__REDIS_FAILURE_POLICY=policy,
+                                       RAMPART__GATEWAY__RATE_LIMIT_LEASE_TTL_S=str(LEASE_TTL_S))
     _, token = deployment.api_key()
     assert send(gateway, token)[0] == 200
     return gateway, token
 
 
+def cut_and_outlive_the_lease(proxy: CuttableProxy) -> None:
+    """Cut Redis off, then wait until the rate-limit lease taken before the cut has expired: requests
+    it covers were paid for while Redis answered, so the failure policy applies only after it."""
+    proxy.cut()
+    time.sleep(LEASE_TTL_S + 0.1)
+
+
 def test_redis_outage_with_policy_open_lets_data_through_with_metric_and_audit(
         deployment: Deployment, redis_proxy: CuttableProxy) -> None:
     gateway, token = gateway_behind(redis_proxy, deployment, "open")
-    redis_proxy.cut()
+    cut_and_outlive_the_lease(redis_proxy)
     try:
         assert [send(gateway, token)[0] for _ in range(3)] == [200, 200, 200]  # the key cache still works
         assert 'rampart_gateway_ratelimit_redis_errors_total{policy="open"} 3.0' in gateway.metrics()
@@ -89,7 +100,7 @@ def test_redis_outage_with_policy_open_lets_data_through_with_metric_and_audit(
 
 def test_redis_outage_with_policy_closed_answers_503(deployment: Deployment, redis_proxy: CuttableProxy) -> None:
     gateway, token = gateway_behind(redis_proxy, deployment, "closed")
-    redis_proxy.cut()
+    cut_and_outlive_the_lease(redis_proxy)
     try:
         status, headers, _ = send(gateway, token)
         assert status == 503 and "Retry-After" in headers

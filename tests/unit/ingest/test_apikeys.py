@@ -66,6 +66,33 @@ def test_secrets_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) 
     assert calls == [32, 32]
 
 
+def test_a_verified_token_is_checked_once_per_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed: list[bytes] = []
+    real = hashlib.sha256
+
+    def recording(data: bytes) -> hashlib._Hash:
+        hashed.append(data)
+        return real(data)
+
+    snapshot = table(signals=frozenset({Signal.TRACES}))
+    monkeypatch.setattr("ingest.apikeys.hashlib.sha256", recording)
+    for _ in range(3):
+        assert snapshot.authenticate(TOKEN, Signal.TRACES).key_id == KEY_ID
+    assert hashed == [SECRET.encode()]
+    with pytest.raises(PermissionDenied):  # the signal is still checked on every request
+        snapshot.authenticate(TOKEN, Signal.LOGS)
+    with pytest.raises(Unauthenticated, match="invalid API key"):  # same key id, another secret
+        snapshot.authenticate(f"rpk_{KEY_ID}_{'B' * 43}", Signal.TRACES)
+
+
+def test_revocation_is_honoured_although_the_old_table_had_verified_the_token() -> None:
+    before = table()
+    before.authenticate(TOKEN, Signal.TRACES)
+    # A revocation bumps the registry's version: the gateway swaps in a new table, with its own cache.
+    with pytest.raises(RevokedKey):
+        table(revoked=True).authenticate(TOKEN, Signal.TRACES)
+
+
 def test_stored_record_holds_a_hash_not_the_secret() -> None:
     record = table().keys()[0].to_json()
     assert SECRET not in record and hashlib.sha256(SECRET.encode()).hexdigest() in record
