@@ -29,8 +29,20 @@ from rampart.config import (
     load_config,
 )
 from rampart.kafka import admin_client, producer
-from rampart.keyring import KeyringError, load_keyring, write_key
+from rampart.keyring import KeyRing, KeyringError, load_keyring, write_key
 from rampart.logs import setup_logging
+from rampart.quarantine import (
+    NotReleasable,
+    QuarantineError,
+    describe,
+    list_records,
+    parse_since,
+    read_record,
+    release,
+    summarise,
+)
+from rampart.quarantine import as_json as quarantine_json
+from rampart.quarantine import table as quarantine_table
 from rampart.settings import redacted
 from rampart.stores import redis_client
 from rampart.topics import TopicNames, create_topics
@@ -113,7 +125,55 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_gateway(sub)
     _add_pipeline_roles(sub)
+    _add_quarantine(sub)
     return parser
+
+
+def _add_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    quarantine = sub.add_parser(
+        "quarantine", help="review quarantined batches and release the ones judged genuine",
+        description="The pipeline sets aside, on <prefix>.quarantine.<signal>, records it cannot trust or read "
+                    "(bad signature, undecodable, stages skipped) and batches the forgery stage suspects. Each "
+                    "record keeps the input exactly as the stage received it, with the reason in its headers. "
+                    "Records are named <signal>/<partition>/<offset>.")
+    q_sub = quarantine.add_subparsers(title="quarantine commands", metavar="ACTION", required=True)
+    q_list = q_sub.add_parser(
+        "list", help="list quarantined records (id, time, tenant, principal, reason, score)",
+        description="Read the quarantine topics up to their current end (nothing is consumed or committed). "
+                    "Tenant and principal are shown only for records whose signature verifies with the key ring; "
+                    "others show (unverified).")
+    q_list.add_argument("--signal", choices=[*[s.value for s in Signal], "all"], default="all",
+                        help="which quarantine topic to read (default: all three)")
+    q_list.add_argument("--reason", help="only this reason, e.g. forgery_suspected or bad_signature")
+    q_list.add_argument("--tenant", help="only this tenant (verified records only)")
+    q_list.add_argument("--since", help="only records set aside since: 30m, 2h, 7d or an ISO 8601 time")
+    q_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q_list.set_defaults(handler=_quarantine_list)
+    q_show = q_sub.add_parser(
+        "show", help="show one record's metadata and a summary of its payload",
+        description="Print the record's metadata, whether and why it is (not) releasable, and a summary of its "
+                    "payload: items per service and per span/metric name, errors, attribute keys. Attribute values "
+                    "are printed only with --values, and never for a payload that was encrypted (set aside "
+                    "before scrub). Payloads of records that do not verify are not decoded.")
+    q_show.add_argument("record_id", metavar="ID", help="as `quarantine list` shows it, e.g. traces/0/12")
+    q_show.add_argument("--values", action="store_true",
+                        help="also print up to 5 attribute values per key (they may hold personal data)")
+    q_show.add_argument("--json", action="store_true", help="print JSON")
+    q_show.set_defaults(handler=_quarantine_show)
+    q_release = q_sub.add_parser(
+        "release", help="send a quarantined batch through the pipeline again, unflagged; audited",
+        description="Re-publish the batch where the first stage it has not passed reads (from its signed list "
+                    "of stages), re-signed with this command's key ring and marked released by you (signed "
+                    "envelope attributes rampart.released_by and rampart.release_reason, which no gateway "
+                    "sets), so the forgery stage lets it pass unscreened. Only batches the forgery stage set "
+                    "aside (forgery_suspected) can be released: a record that failed its signature, could not "
+                    "be read or skipped stages cannot be made trustworthy by a release. Needs the key ring "
+                    "with a signing key, Kafka and Redis (each release is remembered there); writes a "
+                    "quarantine_released audit event.")
+    q_release.add_argument("record_id", metavar="ID", help="as `quarantine list` shows it, e.g. traces/0/12")
+    q_release.add_argument("--reason", required=True, help="why it is genuine (kept in the batch and the audit)")
+    q_release.add_argument("--force", action="store_true", help="release a batch that was released before")
+    q_release.set_defaults(handler=_quarantine_release)
 
 
 def _add_gateway(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -234,6 +294,64 @@ def _dlq_replay(args: argparse.Namespace, config: RampartConfig, env: Mapping[st
     if report.refused:
         print(f"rampart dlq replay: stopped: the backend refused a batch again: {report.refused}", file=sys.stderr)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _review_keyring(config: RampartConfig, env: Mapping[str, str], command: str) -> KeyRing | None:
+    """The key ring to verify records with; without one, records are listed as unverified."""
+    try:
+        return load_keyring(config.keyring, env)
+    except KeyringError as exc:
+        print(f"rampart quarantine {command}: no key ring ({exc}): records cannot be verified", file=sys.stderr)
+        return None
+
+
+def _quarantine_list(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    signals = list(Signal) if args.signal == "all" else [Signal(args.signal)]
+    try:
+        since = parse_since(args.since) if args.since else None
+        records = list_records(config, _review_keyring(config, env, "list"), signals, reason=args.reason,
+                               tenant=args.tenant, since_s=since)
+    except ValueError as exc:
+        print(f"rampart quarantine list: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (QuarantineError, KafkaException) as exc:
+        print(f"rampart quarantine list: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(quarantine_json(records) if args.json else "\n".join(quarantine_table(records)))
+    return EXIT_OK
+
+
+def _quarantine_show(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    keyring = _review_keyring(config, env, "show")
+    try:
+        record = read_record(config, keyring, args.record_id)
+    except (QuarantineError, KafkaException) as exc:
+        print(f"rampart quarantine show: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    summary = summarise(record, keyring, args.values)
+    if args.json:
+        print(json.dumps({**record.metadata(), "payload": summary}, indent=2))
+    else:
+        print(describe(record, summary))
+    return EXIT_OK
+
+
+def _quarantine_release(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        keyring = load_keyring(config.keyring, env)
+        done = release(config, keyring, args.record_id, reason=args.reason, operator=_operator(), force=args.force)
+    except NotReleasable as exc:
+        print(f"rampart quarantine release: not releasable: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyringError as exc:
+        print(f"rampart quarantine release: releasing re-signs the batch and needs the key ring: {exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except (QuarantineError, KafkaException) as exc:
+        print(f"rampart quarantine release: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"released {done.record_id} (batch {done.batch_id}, tenant {done.tenant}) to {done.topic}")
     return EXIT_OK
 
 

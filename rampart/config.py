@@ -32,6 +32,7 @@ __all__ = [
     "DedupConfig",
     "ExportBudgetConfig",
     "ForgeryConfig",
+    "ForgeryStateConfig",
     "GatewayConfig",
     "KafkaConfig",
     "KeyringConfig",
@@ -257,6 +258,26 @@ class DedupConfig:
 
 
 @dataclass(frozen=True)
+class ForgeryStateConfig:
+    """Snapshots of the forgery baselines in Redis, so a restarted worker, or one that gains partitions
+    in a rebalance, does not learn from scratch (docs/forgery.md, "State in Redis")."""
+
+    enabled: bool = True
+    # Each (tenant, service) that received data is saved at most this often.
+    snapshot_interval_s: float = bounded(30.0, min=1.0, max=86400.0)
+    # Keys are <redis.key_prefix>:<key_prefix>:<version>:<tenant>[/<service>] ...
+    key_prefix: str = "forgery"
+    # ... and expire this long after their last save (a tenant or service gone quiet is forgotten).
+    ttl_s: float = bounded(7 * 86400.0, min=60.0, max=365 * 86400.0)
+    # A compressed snapshot larger than this is not saved (counted): it bounds Redis memory per key.
+    max_snapshot_bytes: int = bounded(4 * 1024 * 1024, min=1024, max=256 * 1024 * 1024)
+    # Redis calls of the forgery stage wait at most this long; after a failure Redis is left alone for
+    # retry_after_s (the stage keeps working from memory meanwhile).
+    timeout_s: float = bounded(0.25, min=0.01, max=10.0)
+    retry_after_s: float = bounded(10.0, min=0.1, max=3600.0)
+
+
+@dataclass(frozen=True)
 class ForgeryConfig:
     """Screening of data sent with valid credentials (docs/forgery.md). Times are envelope times."""
 
@@ -293,6 +314,23 @@ class ForgeryConfig:
     latency_z: float = bounded(3.5, min=1.0, max=100.0)
     error_z: float = bounded(1.5, min=0.5, max=100.0)
     volume_z: float = bounded(3.0, min=1.0, max=100.0)
+    # Lineage (reason orphan_spans): a sampled parent id that has not appeared orphan_wait_s after its
+    # child arrived is an orphan (longer than the longest flush delay between a caller and a callee);
+    # 1 in lineage_sample_every span ids is remembered, at most max_span_ids (~100 bytes each); orphan
+    # counts forget with lineage_half_life_s.
+    orphan_wait_s: float = bounded(10.0, min=1.0, max=3600.0)
+    lineage_sample_every: int = bounded(1, min=1, max=1024)
+    lineage_half_life_s: float = bounded(20.0, min=1.0, max=86400.0)
+    max_span_ids: int = bounded(500_000, min=1_000, max=100_000_000)
+    # Metrics (reasons metric_outlier, metric_drift): a source's reading against its peers' median is
+    # an outlier when metric_z of its usual scatter and metric_min_ratio times away; a drift when a
+    # series' mean over metric_drift_s (well longer than a rolling deploy) is metric_drift_ratio times
+    # (and metric_z standard errors) off the frozen reference. At most max_metric_series series are tracked.
+    metric_z: float = bounded(5.0, min=1.0, max=100.0)
+    metric_min_ratio: float = bounded(3.0, min=1.01, max=1000.0)
+    metric_drift_ratio: float = bounded(1.25, min=1.01, max=1000.0)
+    metric_drift_s: float = bounded(240.0, min=1.0, max=86400.0)
+    max_metric_series: int = bounded(100_000, min=100, max=10_000_000)
     # A batch scoring at or above: gets rampart.integrity.score/.reasons resource attributes ...
     annotate_threshold: float = bounded(0.3, min=0.0, max=1.0)
     # ... is kept out of every baseline ...
@@ -306,6 +344,7 @@ class ForgeryConfig:
     max_span_names_per_service: int = bounded(200, min=1, max=100_000)
     max_principals_per_group: int = bounded(32, min=1, max=10_000)
     max_cardinality_keys: int = bounded(5_000, min=10, max=1_000_000)
+    state: ForgeryStateConfig = field(default_factory=ForgeryStateConfig)
 
 
 @dataclass(frozen=True)

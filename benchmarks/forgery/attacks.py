@@ -6,13 +6,16 @@ any other in size and rhythm; only what they say is forged.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from benchmarks.forgery import metric_traffic
 from benchmarks.forgery.scenario import Event
 from benchmarks.forgery.traffic import (
     EPOCH_NS,
@@ -26,6 +29,7 @@ from benchmarks.forgery.traffic import (
     latency_ns,
     poisson,
 )
+from schemas.envelope import Signal
 
 
 @dataclass
@@ -36,9 +40,10 @@ class Emitted:
     tenant: str
     principal: str
     service: str
-    request: ExportTraceServiceRequest
+    request: Message
     server_ms: list[float] = field(default_factory=list)   # SERVER span durations (for the p99 figures)
     server_errors: int = 0
+    signal: Signal = Signal.TRACES
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Context(Protocol):
     def server_rate(self, tenant: str, service: str) -> float: ...
     def op_weights(self, tenant: str, service: str) -> list[tuple[str, float]]: ...
     def captured(self, tenant: str) -> deque[Captured]: ...
+    def metric_truth(self, tenant: str, principal: str, service: str) -> tuple[float, float, float]: ...
 
 
 class Attacker:
@@ -201,6 +207,53 @@ class Replay(Attacker):
                         sum(1 for s in server if s.status.code == 2))]
 
 
+class MetricForger(Attacker):
+    """Metric points of a series of its own (a host that does not exist) for one service, exported like
+    an SDK's (cumulative), with the principal's true values times ``factor``."""
+
+    flush_s = metric_traffic.EXPORT_S
+
+    def __init__(self, event: Event, principal: Principal, ctx: Context, rng: random.Random) -> None:
+        super().__init__(event, principal, ctx, rng)
+        self._count = 0
+        self._total_ms = 0.0
+
+    def factor(self, at: float) -> float:
+        raise NotImplementedError
+
+    def flush(self, at: float) -> list[Emitted]:
+        service = self.event.service or ""
+        rate, mean_ms, cpu = self.ctx.metric_truth(self.event.tenant, self.principal.name, service)
+        if rate <= 0:
+            return []
+        factor = self.factor(at)
+        added = max(1, round(rate * self.flush_s))
+        self._count += added
+        self._total_ms += added * mean_ms * factor
+        # Its process "started" one export before the attack, like any series already running.
+        started = self.event.start - self.flush_s
+        request = metric_traffic.build_request(service, f"{self.principal.hosts[0]}-x", started, at,
+                                               self._count, self._total_ms, cpu * factor)
+        return [Emitted(at + 0.1, self.event.tenant, self.principal.name, service, request, signal=Signal.METRICS)]
+
+
+class MetricOutliers(MetricForger):
+    """Spikes (or dips) of 4 to 20 times the truth: false alerts on demand, or hidden ones."""
+
+    def factor(self, at: float) -> float:
+        size = self.rng.uniform(4.0, 20.0)
+        return size if self.rng.random() < 0.5 else 1.0 / size
+
+
+class MetricDrift(MetricForger):
+    """A "boiling frog": the reported latency creeps from the truth down to half of it over the attack,
+    so that a real degradation later looks normal."""
+
+    def factor(self, at: float) -> float:
+        progress = min(max((at - self.event.start) / (self.event.end - self.event.start), 0.0), 1.0)
+        return math.exp(math.log(0.5) * progress)
+
+
 def _restamp(request: ExportTraceServiceRequest, shift_ns: int, rng: random.Random) -> None:
     traces: dict[bytes, bytes] = {}
     spans: dict[bytes, bytes] = {}
@@ -231,6 +284,10 @@ def make(event: Event, principals: dict[str, Principal], ctx: Context, rng: rand
         return CardinalityExplosion(event, principal, ctx, rng)
     if kind in ("replay_exact", "replay_restamped"):
         return Replay(event, principal, ctx, rng, restamp=kind == "replay_restamped")
+    if kind == "metric_outliers":
+        return MetricOutliers(event, principal, ctx, rng)
+    if kind == "metric_drift":
+        return MetricDrift(event, principal, ctx, rng)
     raise ValueError(f"no attacker for {kind!r}")
 
 

@@ -8,6 +8,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
+from benchmarks.forgery import changepoints
 from benchmarks.forgery.run import Outcome, Record, ServiceSample
 from benchmarks.forgery.scenario import ATTACKS, Event, Scenario
 
@@ -67,7 +68,10 @@ def summarise(scenario: Scenario, outcome: Outcome, threshold: float, annotate: 
                   "annotated_per_1000": per_1000(sum(r.score >= annotate for r in clean), len(clean)),
                   "reasons": dict(Counter(c for r in clean_flagged for c in r.codes)),
                   "examples": [f"t={r.t:.0f} {r.tenant} {r.principal} {r.service}: {r.reasons}"
-                               for r in clean_flagged[:5]]},
+                               for r in clean_flagged[:5]],
+                  "by_signal": {signal: {"batches": sum(r.signal == signal for r in clean),
+                                         "flagged": sum(r.signal == signal for r in clean_flagged)}
+                                for signal in sorted({r.signal for r in clean})}},
         "confounders": {"batches": conf_total, "flagged": conf_flagged,
                         "fp_per_1000": per_1000(conf_flagged, conf_total), "by_kind": confounders},
         "legit_during_attacks": {"batches": len(during), "flagged": sum(r.score >= threshold for r in during),
@@ -145,6 +149,29 @@ def goals(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def seed_digest(summary: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What another seed's run says, in brief: recall, precision and first delays per attack, false
+    positives, and the goals (speed is measured by the main run only)."""
+    digest = {"seed": seed,
+              "attacks": {k: {"recall": a["recall"], "precision": a["precision"], "delay_s": a["delay_s"]}
+                          for k, a in summary["attacks"].items()},
+              "clean": {k: summary["clean"][k] for k in ("batches", "flagged", "fp_per_1000")},
+              "confounders": {k: summary["confounders"][k] for k in ("batches", "flagged", "fp_per_1000")},
+              "goals": {k: v for k, v in summary["goals"].items() if k != "spans_per_s_per_core_ge_100000"}}
+    return digest
+
+
+def _goal_lines(goals: dict[str, Any]) -> list[str]:
+    lines = []
+    for goal, held in goals.items():
+        if isinstance(held, dict):
+            failing = [k for k, v in held.items() if not v]
+            lines.append(f"- {goal}: {'holds' if not failing else 'fails for ' + ', '.join(failing)}")
+        else:
+            lines.append(f"- {goal}: {'holds' if held else 'fails'}")
+    return lines
+
+
 def _r(x: float, digits: int = 3) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, digits)
 
@@ -171,6 +198,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
               f"{summary['clean']['fp_per_1000']} |",
               f"| all confounders | {summary['confounders']['batches']:,} | {summary['confounders']['flagged']} | "
               f"{summary['confounders']['fp_per_1000']} |"]
+    for signal, c in summary["clean"].get("by_signal", {}).items():
+        lines.append(f"| clean, {signal} batches only | {c['batches']:,} | {c['flagged']} | "
+                     f"{per_1000(c['flagged'], c['batches'])} |")
     for kind, c in sorted(summary["confounders"]["by_kind"].items()):
         lines.append(f"| confounder: {kind} | {c['batches']:,} | {c['flagged']} | {c['fp_per_1000']} |")
     d = summary["legit_during_attacks"]
@@ -192,14 +222,18 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     if larger:
         lines[-1] += (f" On clean traffic with larger batches (mean {larger['mean_spans_per_batch']} spans): "
                       f"{larger['us_per_span']} µs per span ({larger['spans_per_s_per_core']:,} spans/s per core).")
-    lines += ["",
-              "Goals:", ""]
-    for goal, held in summary["goals"].items():
-        if isinstance(held, dict):
-            failing = [k for k, v in held.items() if not v]
-            lines.append(f"- {goal}: {'holds' if not failing else 'fails for ' + ', '.join(failing)}")
-        else:
-            lines.append(f"- {goal}: {'holds' if held else 'fails'}")
+    lines += ["", f"Goals (seed {meta['seed']}):", "", *_goal_lines(summary["goals"])]
+    other = summary.get("other_seed")
+    if other:
+        lines += ["", f"Goals (seed {other['seed']}, same scale; speed is measured by the main run only):", ""]
+        lines += _goal_lines(other["goals"])
+        lines += ["", f"Seed {other['seed']} per attack (recall / precision / delay s): " + "; ".join(
+            f"{k} {_fmt(a['recall'])} / {_fmt(a['precision'])} / "
+            + ", ".join("never" if d is None else f"{d:g}" for d in a["delay_s"]) for k, a in other["attacks"].items())
+            + f". False positives: clean {other['clean']['flagged']} of {other['clean']['batches']:,}, confounders "
+            f"{other['confounders']['flagged']} of {other['confounders']['batches']:,}."]
+    if "change_points" in summary:
+        lines += changepoints.markdown(summary["change_points"])
     if summary["clean"]["examples"]:
         lines += ["", "Examples of flagged clean batches:", ""] + [f"- {x}" for x in summary["clean"]["examples"]]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from benchmarks.forgery import attacks
+from benchmarks.forgery import attacks, metric_traffic
 from benchmarks.forgery.attacks import Captured, Emitted
 from benchmarks.forgery.scenario import MASKED_SERVICE, Event, Scenario, ScenarioWorld
 from benchmarks.forgery.traffic import (
@@ -31,6 +31,7 @@ from benchmarks.forgery.traffic import (
 )
 from processors.base import Batch
 from processors.forgery import ForgeryProcessor
+from processors.otlp import count_items
 from schemas.envelope import Signal
 
 FLUSH_S = 5.0
@@ -46,10 +47,11 @@ class Record:
     label: str            # clean | confounder | attack | legit_during_attack
     event: str            # the event's kind ("" when clean)
     event_id: int         # -1 when clean
-    spans: int
+    spans: int            # spans, or metric data points
     score: float
     codes: tuple[str, ...]
     reasons: tuple[str, ...] = ()
+    signal: str = "traces"
 
 
 @dataclass
@@ -91,6 +93,11 @@ class Simulation:
         self._rates: dict[tuple[str, str], float] = {}
         self._op_counts: dict[tuple[str, str], dict[str, int]] = {}
         self._captured: dict[str, deque[Captured]] = {t.name: deque(maxlen=400) for t in scenario.tenants}
+        self._processes: dict[tuple[str, str, str], metric_traffic.Process] = {}
+        self._truth: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+        self._resets = [e for e in scenario.events if e.kind == "counter_reset"]
+        # Metrics draw from their own generator: the trace traffic of a seed stays what it was.
+        self._metric_rng = random.Random(seed + 2)
         principals = {p.name: p for t in scenario.tenants for p in t.principals}
         by_tenant = {t.name: {p.name: p for p in t.principals} for t in scenario.tenants}
         self._attackers = [attacks.make(e, by_tenant[e.tenant], self, random.Random(seed + 100 + e.id))
@@ -111,6 +118,10 @@ class Simulation:
 
     def captured(self, tenant: str) -> deque[Captured]:
         return self._captured[tenant]
+
+    def metric_truth(self, tenant: str, principal: str, service: str) -> tuple[float, float, float]:
+        """(requests per second, mean duration ms, CPU utilisation) of the principal's last genuine export."""
+        return self._truth.get((tenant, principal, service), (0.0, 0.0, 0.0))
 
     # -------------------------------------------------------------- the run
 
@@ -136,6 +147,8 @@ class Simulation:
                 self._rates[key] = 0.9 * self._rates.get(key, float(count)) + 0.1 * count
             for queue in self._queues.values():
                 emitted += self._flush(queue, t)
+            for process_key, process in self._processes.items():
+                emitted += self._export_metrics(process_key, process, t)
             for attacker in self._attackers:
                 emitted += [(e, "attack", attacker.event) for e in attacker.tick(t)]
             emitted.sort(key=lambda x: x[0].received_s)
@@ -152,7 +165,13 @@ class Simulation:
             if queue is None:
                 queue = self._queues[key] = _Queue(p, service, self.rng.uniform(0, FLUSH_S))
             counts = self._op_counts.setdefault((p.tenant, service), {})
+            process = self._processes.get(key)
+            if process is None:
+                phase = self._metric_rng.uniform(0, metric_traffic.EXPORT_S)
+                process = self._processes[key] = metric_traffic.Process(0.0, phase)
             for s in spans:
+                if s.kind == SERVER:
+                    process.observe((s.end_ns - s.start_ns) / 1e6)
                 index = math.ceil(((s.end_ns - EPOCH_NS) / NS - queue.phase) / FLUSH_S)
                 queue.pending.setdefault(index, []).append(s)
                 if s.kind == SERVER:
@@ -181,6 +200,31 @@ class Simulation:
                         label, event))
         return out
 
+    def _export_metrics(self, key: tuple[str, str, str], process: metric_traffic.Process,
+                        t: float) -> list[tuple[Emitted, str, Event | None]]:
+        """The process's metric export due in [t, t + 1), if any."""
+        tenant, principal, service = key
+        at = process.phase + metric_traffic.EXPORT_S * math.ceil((t - process.phase) / metric_traffic.EXPORT_S)
+        if not t <= at < t + 1:
+            return []
+        for e in self._resets:
+            if (e.tenant, e.principal, e.service) == key and e.start <= at < e.start + metric_traffic.EXPORT_S:
+                process.restart(at)   # the restarted process starts counting from zero
+        cpu = process.gauge()
+        if process.window_count:
+            self._truth[key] = (process.window_count / metric_traffic.EXPORT_S,
+                                process.window_ms / process.window_count, cpu)
+        process.window_count, process.window_ms = 0, 0.0
+        if not process.count:
+            return []
+        p = self._principals[principal]
+        host = p.hosts[sum(map(ord, service)) % len(p.hosts)]
+        request = metric_traffic.build_request(service, host, process.started_s, at, process.count, process.total_ms,
+                                               cpu)
+        label, event = self._label(tenant, principal, service, at)
+        return [(Emitted(at + self._metric_rng.uniform(0.05, 0.3), tenant, principal, service, request,
+                         signal=Signal.METRICS), label, event)]
+
     def _label(self, tenant: str, principal: str, service: str, t: float) -> tuple[str, Event | None]:
         for e in self._attack_events:
             if e.tenant == tenant and e.start <= t < e.end + 60:
@@ -193,20 +237,23 @@ class Simulation:
     def _screen(self, processor: ForgeryProcessor, emitted: Emitted, label: str,
                 event: Event | None, outcome: Outcome) -> None:
         batch_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
-        batch = Batch(signal=Signal.TRACES, request=emitted.request, batch_id=batch_id,
+        batch = Batch(signal=emitted.signal, request=emitted.request, batch_id=batch_id,
                       tenant=emitted.tenant, principal=emitted.principal,
                       received_at_ns=EPOCH_NS + int(emitted.received_s * NS))
-        spans = sum(len(ss.spans) for rs in emitted.request.resource_spans for ss in rs.scope_spans)
+        items = count_items(emitted.request, emitted.signal)
+        traces = emitted.signal is Signal.TRACES
         started = time.process_time_ns()
-        verdict = processor.screen(batch)
+        verdict = processor.screen(batch) if traces else processor.screen_metrics(batch)
         processor.act(batch, verdict)
         elapsed = time.process_time_ns() - started
-        outcome.cpu_ns[label] = outcome.cpu_ns.get(label, 0) + elapsed
-        outcome.spans[label] = outcome.spans.get(label, 0) + spans
+        if traces:   # the cost per span is measured on trace batches
+            outcome.cpu_ns[label] = outcome.cpu_ns.get(label, 0) + elapsed
+            outcome.spans[label] = outcome.spans.get(label, 0) + items
         outcome.records.append(Record(emitted.received_s, emitted.tenant, emitted.principal, emitted.service, label,
-                                      event.kind if event else "", event.id if event else -1, spans, verdict.score,
-                                      tuple(sorted(set(verdict.codes))), tuple(verdict.reasons)))
-        if emitted.service == MASKED_SERVICE:
+                                      event.kind if event else "", event.id if event else -1, items, verdict.score,
+                                      tuple(sorted(set(verdict.codes))), tuple(verdict.reasons),
+                                      emitted.signal.value))
+        if traces and emitted.service == MASKED_SERVICE:
             for e in self._attack_events:
                 if (e.tenant == emitted.tenant and e.kind.startswith(("masking_flood", "error_masking"))
                         and e.start <= emitted.received_s < e.end):

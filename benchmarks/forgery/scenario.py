@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from benchmarks.forgery.traffic import Tenant, daily_cycle
 
 CONFOUNDERS = ("deploy_shift", "deploy_speedup", "traffic_spike", "new_allowed_service", "clock_skew",
-               "cardinality_growth", "incident_slowdown", "incident_error_burst")
+               "cardinality_growth", "incident_slowdown", "incident_error_burst", "counter_reset")
 ATTACKS = ("masking_flood_5", "masking_flood_30", "masking_flood_50", "error_masking", "new_service",
-           "replay_exact", "replay_restamped", "timestamp_skew", "cardinality_explosion")
+           "replay_exact", "replay_restamped", "timestamp_skew", "cardinality_explosion", "metric_outliers",
+           "metric_drift")
+METRIC_ATTACKS = ("metric_outliers", "metric_drift")
 MASKED_SERVICE = "cart"
 NEW_SERVICE = "recommendations"
 BASE_ERROR_RATIO = 0.005
@@ -168,6 +170,12 @@ def _event(kind: str, tenant: Tenant, slot: float, slot_s: float, rng: random.Ra
         return [Event(kind, name, start, end, None, None, tail_s=300, params={"users": 3000})]
     if kind == "incident_slowdown":
         return [Event(kind, name, start, start + 300, MASKED_SERVICE, params={"factor": 3.0})]
+    if kind in METRIC_ATTACKS:
+        # Forged metric points from the first key: spikes on cart, a slow downward creep on search.
+        return [Event(kind, name, start, end, "cart" if kind == "metric_outliers" else "search", first, tail_s=0)]
+    if kind == "counter_reset":
+        # One cluster's cart processes restart: every cumulative series starts again from zero.
+        return [Event(kind, name, start, start + 30, MASKED_SERVICE, last, tail_s=120)]
     if kind == "incident_error_burst":
         return [Event(kind, name, start, start + 240, MASKED_SERVICE, params={"ratio": 0.2})]
     raise ValueError(f"unknown event kind {kind!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from processors.forgery.sketches import DecayedCount, DecayedHistogram, RobustZ, cumulative
 
@@ -24,6 +25,10 @@ MAX_SHARE_DRIFT = 0.1
 # A frozen reference is re-taken this often, and only from a source with no flag since the last one.
 REFERENCE_REFRESH_S = 3600.0
 CDF_MAX_AGE_S = 1.0
+# Source fields saved as they are (their types are restored from the defaults).
+_SOURCE_SCALARS = ("share_ref", "frozen_rank", "frozen_share", "frozen_at", "flagged_since_frozen", "latency_cusum",
+                   "last_latency", "last_latency_s", "last_t", "last_error", "last_error_s", "accepted_batches",
+                   "last_s")
 
 
 @dataclass(slots=True)
@@ -82,6 +87,27 @@ class Source:
             self.frozen_at = now_s
             self.flagged_since_frozen = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the source has learned, for a snapshot (processors/forgery/state.py)."""
+        return {"recent": self.recent.to_dict(), "errors": self.errors.to_dict(), "spans": self.spans.to_dict(),
+                "volume": self.volume.to_dict(), "mean_rank": self.mean_rank.to_dict(),
+                "latency_t": self.latency_t.to_dict(), "error_t": self.error_t.to_dict(),
+                "share_residual": self.share_residual.to_dict(),
+                "scalars": [getattr(self, name) for name in _SOURCE_SCALARS]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], recent_half_life_s: float, volume_half_life_s: float) -> Source:
+        source = cls(DecayedHistogram.from_dict(data["recent"], recent_half_life_s),
+                     DecayedCount.from_dict(data["errors"], recent_half_life_s),
+                     DecayedCount.from_dict(data["spans"], recent_half_life_s),
+                     DecayedCount.from_dict(data["volume"], volume_half_life_s),
+                     mean_rank=RobustZ.from_dict(data["mean_rank"]), latency_t=RobustZ.from_dict(data["latency_t"]),
+                     error_t=RobustZ.from_dict(data["error_t"]),
+                     share_residual=RobustZ.from_dict(data["share_residual"]))
+        for name, value in zip(_SOURCE_SCALARS, data["scalars"], strict=True):
+            setattr(source, name, type(getattr(source, name))(value))
+        return source
+
 
 @dataclass(slots=True)
 class Group:
@@ -102,6 +128,22 @@ class Group:
             self.cdf = cumulative(self.everyone, now_s)
             self.cdf_at = now_s
         return self.cdf
+
+    def to_dict(self) -> dict[str, Any]:
+        """The group and its sources (least recently seen first), for a snapshot; the CDF cache is rebuilt."""
+        return {"everyone": self.everyone.to_dict(), "errors": self.errors.to_dict(), "spans": self.spans.to_dict(),
+                "volume": self.volume.to_dict(),
+                "sources": [[principal, source.to_dict()] for principal, source in self.sources.items()]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], recent_half_life_s: float, volume_half_life_s: float) -> Group:
+        group = cls(DecayedHistogram.from_dict(data["everyone"], recent_half_life_s),
+                    DecayedCount.from_dict(data["errors"], recent_half_life_s),
+                    DecayedCount.from_dict(data["spans"], recent_half_life_s),
+                    DecayedCount.from_dict(data["volume"], volume_half_life_s))
+        for principal, source in data["sources"]:
+            group.sources[str(principal)] = Source.from_dict(source, recent_half_life_s, volume_half_life_s)
+        return group
 
 
 @dataclass(slots=True)
@@ -193,3 +235,60 @@ class BaselineStore:
             group.sources.move_to_end(principal)
         source.last_s = now_s
         return source
+
+    # ------------------------------------------------------------------ snapshots (processors/forgery/state.py)
+
+    def export_tenant(self, tenant: str) -> dict[str, Any] | None:
+        """What the tenant as a whole has learned (its start and its principals' timing), or None if unknown."""
+        state = self.tenants.get(tenant)
+        if state is None:
+            return None
+        return {"first_s": state.first_s,
+                "principals": [[principal, p.lag.to_dict()] for (t, principal), p in self.principals.items()
+                               if t == tenant]}
+
+    def import_tenant(self, tenant: str, data: dict[str, Any]) -> None:
+        """Merge a tenant snapshot: the earlier start wins, principals already known here are kept."""
+        first_s = float(data["first_s"])
+        state = self.tenants.get(tenant)
+        if state is None:
+            self.tenants[tenant] = TenantState(first_s=first_s)
+        else:
+            state.first_s = min(state.first_s, first_s)
+        for principal, lag in data["principals"]:
+            key = (tenant, str(principal))
+            if key not in self.principals:
+                self.principal(*key).lag = RobustZ.from_dict(lag)
+
+    def export_service(self, tenant: str, service: str) -> dict[str, Any]:
+        """Every group of one (tenant, service), its span names and the principals known to report it."""
+        names = list(self._names.get((tenant, service), ()))
+        groups = []
+        for name in (*names, OTHER_SPAN_NAME):
+            group = self.groups.get((tenant, service, name))
+            if group is not None:
+                groups.append([name, group.to_dict()])
+        tenant_state = self.tenants.get(tenant)
+        reporters = sorted(tenant_state.reporters.get(service, ())) if tenant_state is not None else []
+        return {"names": names, "groups": groups, "reporters": reporters}
+
+    def import_service(self, tenant: str, service: str, data: dict[str, Any], now_s: float) -> None:
+        """Merge a (tenant, service) snapshot: groups already held here are kept as they are, reporters are
+        united, and the usual bounds apply (span names per service, groups)."""
+        names = self._names.setdefault((tenant, service), OrderedDict())
+        for name in data["names"]:
+            if len(names) >= self._max_names:
+                break
+            names.setdefault(str(name), None)
+        for name, group in data["groups"]:
+            key = (tenant, service, str(name))
+            if key in self.groups or (key[2] not in names and key[2] != OTHER_SPAN_NAME):
+                continue
+            # Restored because this service has data now: it joins as recently used, the oldest go.
+            self.groups[key] = Group.from_dict(group, self._recent_h, self._volume_h)
+            if len(self.groups) > self._max_groups:
+                (old_tenant, old_service, old_name), _ = self.groups.popitem(last=False)
+                self._names.get((old_tenant, old_service), OrderedDict()).pop(old_name, None)
+                self.evictions += 1
+        if data["reporters"]:
+            self.tenant(tenant, now_s).reporters.setdefault(service, set()).update(str(p) for p in data["reporters"])

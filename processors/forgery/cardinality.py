@@ -124,3 +124,25 @@ class CardinalityTracker:
             if known.count >= BLOOM_CAPACITY:
                 break
             known.add(h)
+
+    # ------------------------------------------------------------------ snapshots (processors/forgery/state.py)
+
+    def export_service(self, tenant: str, service: str) -> dict[str, float]:
+        """Each attribute key's reference (distinct values of its last clean window) for one service.
+
+        Only the reference travels: the HyperLogLog and the Bloom filter hold ``hash()`` values, which
+        are keyed per process, so they mean nothing to another process.
+        """
+        return {key: state.reference for (t, s, key), state in self._keys.items()
+                if t == tenant and s == service and state.reference >= 0}
+
+    def import_service(self, tenant: str, service: str, data: dict[str, float], now_s: float) -> None:
+        """Restore references for keys not held here. Each restored key starts a new window and learns its
+        usual novelty again (8 clean batches) before it is judged, with the cap of its old reference."""
+        for key, reference in data.items():
+            full_key = (tenant, service, str(key))
+            if full_key in self._keys:
+                continue
+            self._keys[full_key] = _Key(window_start=now_s, reference=float(reference))
+            if len(self._keys) > self._max_keys:
+                self._keys.popitem(last=False)

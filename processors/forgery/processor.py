@@ -1,14 +1,21 @@
-"""`forgery`: screen trace batches sent with valid credentials for signs of forgery.
+"""`forgery`: screen trace and metric batches sent with valid credentials for signs of forgery.
 
-One pass over the batch gathers, per (service, span name), bucketed latencies and error counts, plus
-span lags, replay digests of sampled spans and attribute-value hashes. Then:
+One pass over a trace batch gathers, per (service, span name), bucketed latencies and error counts,
+plus span lags, replay digests of sampled spans, attribute-value hashes and the ids lineage.py needs
+(callers' span ids, callees' parent ids, client spans per peer.service). Then:
 
 1. hard rules (score 1.0, each with a reason): ``new_service``, ``timestamp_window``,
    ``timestamp_skew``, ``replay``, ``cardinality_cap``, ``cardinality_novelty``;
 2. statistical evidence per (service, span name) against the *other* principals reporting the same
    operation: ``latency_masking`` (faster than the peers while sending more than its share) and
-   ``error_masking`` (fewer errors than the peers while sending more than its share);
-3. actions by score: annotate, keep out of baselines, drop as ``forgery_suspected``.
+   ``error_masking`` (fewer errors than the peers while sending more than its share), and
+   ``orphan_spans`` (the batch resembles the source's recent batches that no caller made);
+3. actions by score: annotate, keep out of baselines, quarantine the batch as ``forgery_suspected``.
+
+A batch an operator released from quarantine (``rampart quarantine release``: signed envelope attributes
+``rampart.released_by`` and ``rampart.release_reason``, which no gateway ever sets) passes unscreened.
+Baselines are snapshotted to Redis (processors/forgery/state.py). Metric batches are screened by
+metric_peers.py (``metric_outlier``, ``metric_drift``); logs pass unscreened.
 
 Only batches scoring below ``baseline_threshold`` teach the baselines, so a flood that is caught
 cannot drag them along. The clock is the envelope's ``received_at`` (set by the gateway), never a
@@ -18,16 +25,22 @@ timestamp the client wrote. See docs/forgery.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from statistics import median
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client import CollectorRegistry
 
-from processors.base import Batch, Processor, Result
+from processors.base import Batch, Processor, Quarantine, Result
 from processors.forgery.baselines import BaselineStore, Group, Source
 from processors.forgery.cardinality import CardinalityTracker, KeyVerdict
+from processors.forgery.changes import cusum_step
+from processors.forgery.lineage import LineageTracker, SourceLineage, cell, sampled_id
+from processors.forgery.metric_peers import MetricScreen
+from processors.forgery.metrics import ForgeryMetrics
 from processors.forgery.replay import ReplayIndex, content_digest, sampled
 from processors.forgery.scoring import RankStats, combine, error_z, evidence, rank_stats
 from processors.forgery.sketches import (
@@ -38,16 +51,29 @@ from processors.forgery.sketches import (
     MIN_DURATION_NS,
     bucket_value_ns,
 )
-from processors.otlp import walk
+from processors.forgery.state import RedisSnapshots, SnapshotStore, StateKeeper
+from processors.otlp import count_items, resources
 from rampart.config import ForgeryConfig, RampartConfig
+from rampart.stores import redis_client
 from schemas.envelope import Signal
 
-__all__ = ["DROP_REASON", "INTEGRITY_REASONS", "INTEGRITY_SCORE", "ForgeryProcessor", "Verdict", "build"]
+__all__ = ["DROP_REASON", "INTEGRITY_REASONS", "INTEGRITY_SCORE", "RELEASED_BY", "RELEASE_REASON", "ForgeryProcessor",
+           "Verdict", "build"]
 
 INTEGRITY_SCORE = "rampart.integrity.score"
 INTEGRITY_REASONS = "rampart.integrity.reasons"
 _INTEGRITY_PREFIX = "rampart.integrity."
-DROP_REASON = "forgery_suspected"
+DROP_REASON = "forgery_suspected"    # the quarantine reason
+# Envelope attributes of an operator's release (rampart/quarantine.py). The envelope signature covers
+# them and the gateway builds every envelope's attributes itself, so no client can set them.
+RELEASED_BY = "rampart.released_by"
+RELEASE_REASON = "rampart.release_reason"
+# Estimated bytes per entry of each kind of state, measured with tracemalloc (docs/forgery.md, "Metrics"):
+# a group without its sources, a source (histogram, counters, four 64-value rings), a cardinality key
+# (HyperLogLog + Bloom filter), a replay digest, a principal's lag ring.
+_BYTES_PER_ENTRY = {"groups": 8_000, "sources": 20_000, "cardinality_keys": 5_800, "replay_digests": 85,
+                    "principals": 2_500}
+_GAUGES_EVERY_S = 5.0
 _STATUS_ERROR = 2
 _NS = 1_000_000_000
 # A source needs this many accepted batches in a group before its statistics are scored, and the
@@ -56,6 +82,12 @@ MIN_SOURCE_BATCHES = 16
 MIN_PEER_WEIGHT = 30.0
 _SHARE_ALPHA = 0.02
 COMMON_MODE_S = 15.0
+# The common mode (median of the other sources' "faster than usual" z) beyond which latency deciles
+# are left out of the lineage likelihood (two standard deviations: clearly shared, not noise).
+COMMON_MODE_CELLS = 2.0
+# Statistical codes: they score by their evidence; every other code is a hard rule (score 1.0).
+_SOFT_CODES = frozenset({"latency_masking", "error_masking", "orphan_spans"})
+_SERVER, _CLIENT, _PRODUCER, _CONSUMER = 2, 3, 4, 5
 _MAX_REASONS_CHARS = 1000
 
 
@@ -64,6 +96,7 @@ class _Ops:
     """One (service, span name) of the batch."""
 
     counts: dict[int, int] = field(default_factory=dict)   # latency bucket -> spans
+    error_counts: dict[int, int] = field(default_factory=dict)   # latency bucket -> error spans
     n: int = 0
     errors: int = 0
 
@@ -74,6 +107,11 @@ class _View:
     values: dict[str, dict[str, set[str]]] = field(default_factory=dict)   # service -> key -> values
     digests: list[int] = field(default_factory=list)
     lags_ns: list[int] = field(default_factory=list)
+    durations: list[int] = field(default_factory=list)
+    span_ids: list[int] = field(default_factory=list)     # sampled span id hashes (lineage.py)
+    parents: list[tuple[str, int]] = field(default_factory=list)   # sampled: service, parent id hash
+    server_parented: dict[str, int] = field(default_factory=dict)   # service -> SERVER spans with a parent
+    calls: dict[str, int] = field(default_factory=dict)             # peer.service -> CLIENT spans naming it
     outside: int = 0
     spans: int = 0
 
@@ -109,8 +147,12 @@ class Verdict:
 class ForgeryProcessor(Processor):
     name = "forgery"
 
-    def __init__(self, config: ForgeryConfig) -> None:
+    def __init__(self, config: ForgeryConfig, snapshots: SnapshotStore | None = None, redis_prefix: str = "rampart",
+                 clock: Callable[[], float] = time.monotonic, background_saves: bool = True) -> None:
         self._config = config
+        self._clock = clock
+        self._metrics: ForgeryMetrics | None = None
+        self._gauges_at = -1e18
         self._store = BaselineStore(max_groups=config.max_groups,
                                     max_span_names_per_service=config.max_span_names_per_service,
                                     max_sources_per_group=config.max_principals_per_group,
@@ -121,15 +163,70 @@ class ForgeryProcessor(Processor):
                                                floor=config.cardinality_floor, growth=config.cardinality_growth,
                                                min_novel=config.cardinality_min_novel,
                                                max_keys=config.max_cardinality_keys)
+        self._metric_screen = MetricScreen(z=config.metric_z, min_ratio=config.metric_min_ratio,
+                                           drift_ratio=config.metric_drift_ratio, drift_s=config.metric_drift_s,
+                                           max_groups=config.max_groups,
+                                           max_sources_per_group=config.max_principals_per_group,
+                                           max_series=config.max_metric_series)
+        self._lineage = LineageTracker(wait_s=config.orphan_wait_s, half_life_s=config.lineage_half_life_s,
+                                       sample_every=config.lineage_sample_every, max_ids=config.max_span_ids,
+                                       max_sources=config.max_groups)
+        self._keeper = None if snapshots is None else StateKeeper(
+            config.state, snapshots, redis_prefix, self._store, self._cardinality, self._snapshot_event, clock,
+            background=background_saves, max_units=config.max_groups)
 
     # ------------------------------------------------------------------ contract
 
     def process(self, batch: Batch) -> Result:
-        if batch.signal is not Signal.TRACES:
+        if batch.signal is Signal.LOGS:
             result = Result()
-            result.count("unscreened_batches")   # metrics and logs: not screened yet (docs/forgery.md)
+            result.count("unscreened_batches")   # logs: not screened yet (docs/forgery.md)
             return result
-        return self.act(batch, self.screen(batch))
+        if batch.attributes.get(RELEASED_BY):
+            return self._released(batch)
+        if batch.signal is Signal.METRICS:
+            verdict = self.screen_metrics(batch)
+            result = self.act(batch, verdict)
+            self._observe(batch.tenant, verdict, result)
+            return result
+        keeper = self._keeper
+        services = _services(batch.request) if keeper is not None else []
+        if keeper is not None:
+            keeper.prepare(batch.tenant, services, batch.received_at_ns / _NS)
+        verdict = self.screen(batch)
+        result = self.act(batch, verdict)
+        if keeper is not None:
+            keeper.touched(batch.tenant, services)
+            keeper.save_due()
+        self._observe(batch.tenant, verdict, result)
+        return result
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        self._metrics = ForgeryMetrics.create(registry)
+
+    def close(self) -> None:
+        """Write the snapshots still queued (a clean shutdown keeps the latest state)."""
+        if self._keeper is not None:
+            self._keeper.close()
+
+    def screen_metrics(self, batch: Batch) -> Verdict:
+        """Score a metrics batch: each source's values against its peers' median (metric_peers.py).
+        Its readings teach the baselines only if nothing was found."""
+        config = self._config
+        now = batch.received_at_ns / _NS
+        tenant_state = self._store.tenant(batch.tenant, now)
+        warm = now - tenant_state.first_s >= config.learning_s
+        verdict = Verdict(learning=not warm)
+        findings, learn = self._metric_screen.screen(batch.tenant, batch.principal, batch.request, now, warm)
+        for finding in findings:
+            verdict.codes.append(finding.code)
+            verdict.reasons.append(f"{finding.code}: {finding.detail}")
+        if findings:
+            verdict.score = 1.0
+            self._metric_screen.flagged(learn)
+        else:
+            self._metric_screen.accept(learn, now)
+        return verdict
 
     def screen(self, batch: Batch) -> Verdict:
         """Score a trace batch and let it teach the baselines if it scores low. Changes nothing in it."""
@@ -148,12 +245,20 @@ class ForgeryProcessor(Processor):
         median_lag_s = self._timestamps(tenant, principal, view, warm, verdict)
         self._replay(batch.batch_id, view, now, verdict)
         card = self._cardinality_rules(tenant, view, now, warm, verdict)
-        scored = self._statistics(tenant, principal, view, now, warm, verdict)
-        if verdict.codes and any(c not in ("latency_masking", "error_masking") for c in verdict.codes):
+        calls_z, calls = self._calls(tenant, principal, view, now, warm)
+        scored = self._statistics(tenant, principal, view, now, warm, verdict, calls_z)
+        # A batch a hard rule already caught says nothing about what the source's other batches are.
+        self._orphans(tenant, principal, view, now, warm, verdict, judged=not verdict.codes or all(
+            c in _SOFT_CODES for c in verdict.codes))
+        if verdict.codes and any(c not in _SOFT_CODES for c in verdict.codes):
             verdict.score = 1.0
 
         if verdict.score < config.baseline_threshold:
             self._learn(tenant, principal, tenant_state.reporters, new_services, median_lag_s, card, scored, now)
+            for source, ratio in calls:
+                source.calls_ratio.add(ratio)
+            for service in {service for service, _ in view.ops}:
+                self._lineage.source(tenant, principal, service, now).learn_share()
         else:
             for s in scored:
                 s.source.flagged_since_frozen = True
@@ -174,36 +279,79 @@ class ForgeryProcessor(Processor):
             result.count(f"flag_{code}")
         if verdict.score >= config.annotate_threshold and verdict.reasons:
             reasons = "; ".join(verdict.reasons)[:_MAX_REASONS_CHARS]
-            for rs in batch.request.resource_spans:   # type: ignore[attr-defined]
-                attributes = rs.resource.attributes
+            for resource in resources(batch.request, batch.signal):
+                attributes = resource.resource.attributes
                 attributes.add(key=INTEGRITY_SCORE).value.double_value = round(verdict.score, 3)
                 attributes.add(key=INTEGRITY_REASONS).value.string_value = reasons
-                result.changed += sum(len(ss.spans) for ss in rs.scope_spans)
+            result.changed += count_items(batch.request, batch.signal)
             result.count("annotated_batches")
         if config.quarantine and verdict.score >= config.quarantine_threshold:
+            # The whole batch is set aside as it arrived (the runtime adds the audit event): an operator
+            # can review it and release it (`rampart quarantine`).
             detail = f"score {verdict.score:.2f}: " + "; ".join(verdict.reasons)
-            for ref in walk(batch.request, batch.signal):
-                result.drop(ref, DROP_REASON, detail)
+            result.quarantine = Quarantine(DROP_REASON, detail, {"score": f"{verdict.score:.3f}",
+                                                                 "reasons": ",".join(sorted(set(verdict.codes)))})
             result.count("quarantined_batches")
-            result.audit.append((DROP_REASON, {"batch_id": batch.batch_id, "score": f"{verdict.score:.3f}",
-                                               "reasons": ",".join(sorted(set(verdict.codes)))}))
         return result
 
     def memory_entries(self) -> dict[str, int]:
-        """How much state is held, by kind (for the evaluation and for future metrics)."""
+        """How much state is held, by kind (for the evaluation and the metrics)."""
         return {"groups": len(self._store.groups), "sources": sum(len(g.sources) for g in self._store.groups.values()),
-                "principals": len(self._store.principals), "cardinality_keys": len(self._cardinality),
-                "replay_digests": len(self._replays), "evictions": self._store.evictions}
+                "principals": len(self._store.principals), "tenants": len(self._store.tenants),
+                "cardinality_keys": len(self._cardinality), "replay_digests": len(self._replays),
+                "evictions": self._store.evictions}
+
+    # ------------------------------------------------------------------ operations
+
+    def _released(self, batch: Batch) -> Result:
+        """An operator released this batch from quarantine: it passes unscreened and teaches nothing (a
+        release says "let it through", not "this is normal"; a new service is allow-listed in the config)."""
+        result = Result()
+        result.count("released_batches")
+        stripped = _strip_integrity_claims(batch)
+        if stripped:
+            result.count("integrity_claims_removed", stripped)
+        result.audit.append(("forgery_release_passed", {
+            "batch_id": batch.batch_id, "released_by": batch.attributes.get(RELEASED_BY, ""),
+            "release_reason": batch.attributes.get(RELEASE_REASON, "")}))
+        if self._metrics is not None:
+            self._metrics.actions.labels("released", batch.tenant).inc()
+        return result
+
+    def _observe(self, tenant: str, verdict: Verdict, result: Result) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        metrics.score.observe(verdict.score)
+        for code in set(verdict.codes):
+            metrics.flagged.labels(code, tenant).inc()
+        action = "quarantined" if result.quarantine is not None else \
+            "annotated" if "annotated_batches" in result.counts else "passed"
+        metrics.actions.labels(action, tenant).inc()
+        now = self._clock()
+        if now - self._gauges_at >= _GAUGES_EVERY_S:
+            self._gauges_at = now
+            for kind, n in self.memory_entries().items():
+                if kind != "evictions":
+                    metrics.baseline_entries.labels(kind).set(n)
+                if kind in _BYTES_PER_ENTRY:
+                    metrics.state_bytes.labels(kind).set(n * _BYTES_PER_ENTRY[kind])
+
+    def _snapshot_event(self, operation: str, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.snapshots.labels(operation, outcome).inc()
 
     # ------------------------------------------------------------------ one pass over the batch
 
-    def _extract(self, request: Any, now_ns: int) -> _View:
+    def _extract(self, request: Any, now_ns: int) -> _View:  # noqa: PLR0915 - one loop: a call per span costs more
         """One pass over the spans: the hot loop (every attribute read once; locals for speed)."""
         view = _View()
         ops, digests, lags = view.ops, view.digests, view.lags_ns
         lowest = now_ns - int(self._config.max_lag_s * _NS)
         highest = now_ns + int(self._config.max_lead_s * _NS)
         every = self._config.replay_sample_every
+        every_id = self._config.lineage_sample_every
+        span_ids, parents, calls, durations = view.span_ids, view.parents, view.calls, view.durations
         log, ceil = math.log, math.ceil
         outside = spans = 0
         for rs in request.resource_spans:
@@ -217,10 +365,12 @@ class ForgeryProcessor(Processor):
             for kv in rs.resource.attributes:
                 if kv.value.string_value:
                     values.setdefault(kv.key, set()).add(kv.value.string_value)
+            parented = 0
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     start, end = span.start_time_unix_nano, span.end_time_unix_nano
                     duration = end - start
+                    durations.append(duration)
                     name = span.name
                     op = ops.get((service, name))
                     if op is None:
@@ -231,8 +381,24 @@ class ForgeryProcessor(Processor):
                     counts[bucket] = counts.get(bucket, 0) + 1
                     op.n += 1
                     status = span.status
-                    if status.code == _STATUS_ERROR:
+                    error = status.code == _STATUS_ERROR
+                    if error:
                         op.errors += 1
+                        op.error_counts[bucket] = op.error_counts.get(bucket, 0) + 1
+                    # Lineage (lineage.py): the ids of spans that call out (client, producer), and the
+                    # parents of spans that were called (server, consumer), sampled by a keyed hash so
+                    # that a forger cannot dodge the sample.
+                    kind = span.kind
+                    client = kind == _CLIENT
+                    if client or kind == _PRODUCER:
+                        h = hash(span.span_id)
+                        if sampled_id(h, every_id):
+                            span_ids.append(h)
+                    elif kind in (_SERVER, _CONSUMER) and span.parent_span_id:
+                        parented += kind == _SERVER
+                        h = hash(span.parent_span_id)
+                        if sampled_id(h, every_id):
+                            parents.append((service, h))
                     lags.append(now_ns - end)
                     if end < lowest or end > highest:
                         outside += 1
@@ -241,6 +407,8 @@ class ForgeryProcessor(Processor):
                     for kv in span.attributes:
                         value = kv.value.string_value
                         if value:
+                            if client and kv.key == "peer.service":
+                                calls[value] = calls.get(value, 0) + 1
                             found = values.get(kv.key)
                             if found is None:
                                 values[kv.key] = {value}
@@ -253,6 +421,8 @@ class ForgeryProcessor(Processor):
                     if parts is not None:
                         digests.append(content_digest(span, service, name, duration, status, parts))
                     spans += 1
+            if parented:
+                view.server_parented[service] = view.server_parented.get(service, 0) + parented
         view.outside, view.spans = outside, spans
         return view
 
@@ -289,13 +459,24 @@ class ForgeryProcessor(Processor):
         return median_lag_s
 
     def _replay(self, batch_id: str, view: _View, now: float, verdict: Verdict) -> None:
-        if not view.digests:
-            return
-        matched = self._replays.check_and_add(view.digests, hash(batch_id), now)
-        if matched >= self._config.replay_min_matches and matched * 2 >= len(view.digests):
-            verdict.codes.append("replay")
-            verdict.reasons.append(f"replay: {matched} of {len(view.digests)} sampled spans were seen before "
-                                   "under another batch id (ids and timestamps aside)")
+        batch_key = hash(batch_id)
+        if view.digests:
+            matched = self._replays.check_and_add(view.digests, batch_key, now)
+            if matched >= self._config.replay_min_matches and matched * 2 >= len(view.digests):
+                verdict.codes.append("replay")
+                verdict.reasons.append(f"replay: {matched} of {len(view.digests)} sampled spans were seen before "
+                                       "under another batch id (ids and timestamps aside)")
+                return
+        # A small batch has too few sampled digests to match replay_min_matches, but its whole set of
+        # durations survives a re-stamping too. Only durations finer than a microsecond count: with
+        # coarse clocks two genuine batches could share them.
+        fine = sum(1 for d in view.durations if d % 1000)
+        if fine >= 2:
+            fingerprint = hash((tuple(sorted({service for service, _ in view.ops})), tuple(sorted(view.durations))))
+            if self._replays.check_and_add([fingerprint], batch_key, now):
+                verdict.codes.append("replay")
+                verdict.reasons.append(f"replay: the same {len(view.durations)} span durations, to the nanosecond, "
+                                       "were seen before under another batch id")
 
     def _cardinality_rules(self, tenant: str, view: _View, now: float, warm: bool,
                            verdict: Verdict) -> list[tuple[tuple[str, str, str], KeyVerdict]]:
@@ -314,7 +495,7 @@ class ForgeryProcessor(Processor):
     # ------------------------------------------------------------------ statistics against peers
 
     def _statistics(self, tenant: str, principal: str, view: _View, now: float, warm: bool,
-                    verdict: Verdict) -> list[_Scored]:
+                    verdict: Verdict, calls_z: dict[str, float]) -> list[_Scored]:
         """Evidence per (service, span name) against the peers, pooled per service (a flood forges a
         service, spread over its operations): the batch scores its most suspicious service."""
         scored = [self._group_evidence(key, op, principal, now, warm)
@@ -331,6 +512,9 @@ class ForgeryProcessor(Processor):
             total = sum(p.ops.n for p in parts)
             latency = sum(math.sqrt(p.ops.n) * (p.latency or 0.0) for p in parts) / math.sqrt(total)
             volume = sum(p.ops.n * p.volume_z for p in parts) / total
+            # More server spans than the callers' client spans account for is an excess like a
+            # larger share of the volume (lineage.py).
+            volume = max(volume, calls_z.get(service, 0.0))
             e_volume = evidence(volume, config.volume_z)
             mask = combine(evidence(latency, config.latency_z), e_volume)
             if mask > best:
@@ -362,6 +546,8 @@ class ForgeryProcessor(Processor):
             else:   # span names past the cap share one group
                 for b, c in op.counts.items():
                     into.counts[b] = into.counts.get(b, 0) + c
+                for b, c in op.error_counts.items():
+                    into.error_counts[b] = into.error_counts.get(b, 0) + c
                 into.n += op.n
                 into.errors += op.errors
         return merged
@@ -411,8 +597,9 @@ class ForgeryProcessor(Processor):
         # into small batches is still caught. The cap keeps a few strong batches (already caught on
         # their own) from charging it, or the source's genuine batches would be flagged after them.
         half, limit = config.latency_z / 2, 4 * config.latency_z
-        source.latency_cusum = min(max(0.0, source.latency_cusum + min(latency, config.latency_z) - half), 2 * limit)
-        if source.latency_cusum > limit and latency > half:
+        source.latency_cusum, crossed = cusum_step(source.latency_cusum, latency, drift=half, cap=config.latency_z,
+                                                   limit=limit)
+        if crossed and latency > half:
             latency = max(latency, config.latency_z + 2.0)   # persistent: the CUSUM crossed its limit
         s.latency = latency
         if s.error_t is not None:
@@ -422,6 +609,92 @@ class ForgeryProcessor(Processor):
             source.last_error, source.last_error_s = fewer, now
             s.fewer_errors = fewer - max(0.0, _common_mode(group, source, now, errors=True))
         return s
+
+    # ------------------------------------------------------------------ lineage (lineage.py)
+
+    def _calls(self, tenant: str, principal: str, view: _View, now: float,
+               warm: bool) -> tuple[dict[str, float], list[tuple[SourceLineage, float]]]:
+        """Client spans naming a callee and server spans of the callee, per principal: the robust z of
+        their ratio against the source's usual, per service of the batch, and what to learn from it."""
+        lineage = self._lineage
+        for callee, n in view.calls.items():
+            lineage.count_calls(lineage.source(tenant, principal, callee, now), 0, n, now)
+        z: dict[str, float] = {}
+        learn: list[tuple[SourceLineage, float]] = []
+        for service, n in view.server_parented.items():
+            source = lineage.source(tenant, principal, service, now)
+            ratio = lineage.count_calls(source, n, 0, now)
+            if ratio is None:
+                continue
+            learn.append((source, ratio))
+            if warm and len(source.calls_ratio) >= MIN_SOURCE_BATCHES:
+                z[service] = source.calls_ratio.z(ratio)
+        return z, learn
+
+    def _orphans(self, tenant: str, principal: str, view: _View, now: float, warm: bool, verdict: Verdict,
+                 judged: bool) -> None:
+        """Queue the batch's sampled parent ids for resolution, and score it against its source's
+        orphans: ``orphan_spans`` when the source's batches lately had no caller more often than its
+        peers' and this batch looks like them."""
+        lineage, store = self._lineage, self._store
+        lineage.resolve(now)
+        lineage.remember(view.span_ids, now)
+        cdfs: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        recent_errors: dict[str, list[float]] = {}   # service -> everyone's recent [error spans, spans]
+        for service, name in view.ops:
+            group = store.groups.get((tenant, service, store.span_name(tenant, service, name)))
+            if group is None:
+                continue
+            own = group.sources.get(principal)
+            recent = recent_errors.setdefault(service, [0.0, 0.0])
+            if own is not None and _common_mode(group, own, now, errors=True) > COMMON_MODE_CELLS:
+                # Every source has fewer errors than the recent past (an error burst ending): errors
+                # say nothing now, as fast says nothing while a slowdown ends.
+                recent[1] = math.nan
+            recent[0] += group.errors.value(now)
+            recent[1] += group.spans.value(now)
+            # While every source is clearly faster than the peers' recent past (a slow service
+            # recovering), fast says nothing: the spans are placed by their errors only.
+            if own is None or _common_mode(group, own, now) <= COMMON_MODE_CELLS:
+                cdfs[(service, name)] = group.latency_cdf(now)
+        checks: dict[str, list[int]] = {}
+        for service, h in view.parents:
+            checks.setdefault(service, []).append(h)
+        best, best_reason = 0.0, ""
+        for service in {service for service, _ in view.ops}:
+            source = lineage.source(tenant, principal, service, now)
+            service_checks = checks.get(service, []) if judged else []
+            if not service_checks and (not warm or not lineage.may_be_contaminated(source)):
+                continue   # nothing to queue and nothing to score: the cells are not needed
+            cells: dict[int, int] = {}
+            for (svc, name), op in view.ops.items():
+                if svc != service:
+                    continue
+                cdf = cdfs.get((svc, name))
+                for bucket, count in op.counts.items():
+                    pit = _pit(cdf, bucket)
+                    errors = op.error_counts.get(bucket, 0)
+                    if count > errors:
+                        c = cell(pit, False)
+                        cells[c] = cells.get(c, 0) + count - errors
+                    if errors:
+                        c = cell(pit, True)
+                        cells[c] = cells.get(c, 0) + errors
+            seen, unseen = lineage.check(tenant, service, source, service_checks, cells, now)
+            if not warm:
+                continue
+            error_spans, spans = recent_errors.get(service, (0.0, 0.0))
+            found = lineage.contamination(tenant, service, source, cells, seen, unseen,
+                                          None if math.isnan(spans) else (error_spans + 0.5) / (spans + 100.0), now)
+            if found is not None and found.posterior > best:
+                best = found.posterior
+                best_reason = (f"orphan_spans: {service}: {found.share:.0%} of this key's recent batches had no "
+                               f"caller (peers {found.peers:.0%}), and this batch resembles them (log likelihood "
+                               f"ratio {found.log_lr:.1f}, posterior {found.posterior:.2f})")
+        if best >= self._config.annotate_threshold:
+            verdict.codes.append("orphan_spans")
+            verdict.reasons.append(best_reason)
+        verdict.score = max(verdict.score, best)
 
     @staticmethod
     def _latency_reason(service: str, parts: list[_Scored], latency: float, volume: float, now: float) -> str:
@@ -488,6 +761,17 @@ def _common_mode(group: Group, source: Source, now: float, errors: bool = False)
     return common if common > 1.0 else 0.0
 
 
+def _pit(cdf: tuple[list[int], list[float]] | None, bucket: int) -> float:
+    """A latency bucket's mid-rank among the peers' (0.5 when there is no reference yet)."""
+    if cdf is None or not cdf[1]:
+        return 0.5
+    indices, totals = cdf
+    pos = bisect_left(indices, bucket)
+    below = totals[pos - 1] if pos > 0 else 0.0
+    at = totals[pos] - below if pos < len(indices) and indices[pos] == bucket else 0.0
+    return (below + 0.5 * at) / totals[-1]
+
+
 def _quantile(counts: dict[int, int], n: int, q: float) -> float:
     seen = 0
     for index in sorted(counts):
@@ -499,9 +783,8 @@ def _quantile(counts: dict[int, int], n: int, q: float) -> float:
 
 def _strip_integrity_claims(batch: Batch) -> int:
     removed = 0
-    request: ExportTraceServiceRequest = batch.request  # type: ignore[assignment]
-    for rs in request.resource_spans:
-        attributes = rs.resource.attributes
+    for resource in resources(batch.request, batch.signal):
+        attributes = resource.resource.attributes
         for i in range(len(attributes) - 1, -1, -1):
             if attributes[i].key.startswith(_INTEGRITY_PREFIX):
                 del attributes[i]
@@ -509,7 +792,25 @@ def _strip_integrity_claims(batch: Batch) -> int:
     return removed
 
 
+def _services(request: Any) -> list[str]:
+    """The batch's service names (one look at each resource, not at its spans)."""
+    services: dict[str, None] = {}
+    for rs in request.resource_spans:
+        service = ""
+        for kv in rs.resource.attributes:
+            if kv.key == "service.name":
+                service = kv.value.string_value
+                break
+        services[service] = None
+    return list(services)
+
+
 def build(config: RampartConfig, env: Mapping[str, str]) -> Processor:
     """The factory processors/registry.py lists as the built-in ``forgery``."""
-    return ForgeryProcessor(config.forgery)
+    state = config.forgery.state
+    if not state.enabled:
+        return ForgeryProcessor(config.forgery)
+    # Its own Redis client, with the stage's short timeout: a slow Redis must not hold a batch up.
+    redis_config = replace(config, redis=replace(config.redis, socket_timeout_s=state.timeout_s))
+    return ForgeryProcessor(config.forgery, RedisSnapshots(redis_client(redis_config)), config.redis.key_prefix)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from statistics import median
+from typing import Any
 
 __all__ = ["BloomFilter", "DecayedCount", "DecayedHistogram", "HyperLogLog", "RobustZ", "bucket_index", "cumulative"]
 
@@ -84,6 +85,16 @@ class DecayedCount:
     def value(self, now_s: float) -> float:
         return self._value / self._decay.weight(now_s)
 
+    def to_dict(self) -> list[float]:
+        """Compact state for a snapshot (processors/forgery/state.py); the half-life comes from the config."""
+        return [self._decay.t0, self._value]
+
+    @classmethod
+    def from_dict(cls, data: list[float], half_life_s: float) -> DecayedCount:
+        count = cls(half_life_s, float(data[0]))
+        count._value = float(data[1])
+        return count
+
 
 class DecayedHistogram:
     """Latencies in log buckets with exponential forgetting: a sliding window without window slots.
@@ -134,6 +145,23 @@ class DecayedHistogram:
             if seen >= rank:
                 return bucket_value_ns(index)
         return bucket_value_ns(max(self.buckets))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Compact state for a snapshot: t0, total and the buckets as a flat [index, weight, ...] list."""
+        flat: list[float] = []
+        for index, weight in self.buckets.items():
+            flat += (index, weight)
+        return {"t0": self._decay.t0, "n": self.total, "b": flat}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], half_life_s: float) -> DecayedHistogram:
+        histogram = cls(half_life_s, float(data["t0"]))
+        flat = data["b"]
+        # Indices outside the clamped range cannot come from this code: a snapshot holding them is damaged.
+        histogram.buckets = {int(i): float(w) for i, w in zip(flat[::2], flat[1::2], strict=True)
+                             if MIN_BUCKET <= int(i) <= MAX_BUCKET}
+        histogram.total = float(data["n"])
+        return histogram
 
 
 def cumulative(histogram: DecayedHistogram, now_s: float) -> tuple[list[int], list[float]]:
@@ -253,3 +281,15 @@ class RobustZ:
 
     def z(self, x: float) -> float:
         return (x - self._median) / self.spread
+
+    def to_dict(self) -> dict[str, Any]:
+        """Compact state for a snapshot: its floor, its size and its values, oldest first."""
+        return {"f": self._floor, "n": self.values.maxlen, "v": list(self.values)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RobustZ:
+        robust = cls(size=int(data["n"]), floor=float(data["f"]))
+        robust.values.extend(float(v) for v in data["v"])
+        if robust.values:
+            robust._refresh()
+        return robust

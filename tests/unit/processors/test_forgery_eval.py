@@ -16,9 +16,13 @@ def test_tiny_evaluation_computes_its_figures_and_catches_the_masking_flood() ->
     service = flood["service"]
     assert service["p99_error_with"] < service["p99_error_without"]
     assert summary["clean"]["batches"] > 300 and summary["clean"]["fp_per_1000"] <= 5
+    # Metric batches are screened alongside the traces, and clean ones pass.
+    by_signal = summary["clean"]["by_signal"]
+    assert by_signal["metrics"]["batches"] > 50 and by_signal["metrics"]["flagged"] == 0
     assert summary["cost"]["clean_us_per_span"] > 0
     assert set(summary["goals"]) >= {"recall_0.95_per_attack", "fp_clean_le_1_per_1000", "delay_le_30s"}
     meta = {"command": "test", "seed": 7, "scale": "tiny", "tenants": 1, "principals": 4,
             "duration_s": scenario.duration_s, "wall_s": 0.0, "threshold": config.quarantine_threshold,
             "machine": "test"}
-    assert "| masking_flood_30 |" in report.markdown(summary, meta)
+    text = report.markdown(summary, meta)
+    assert "| masking_flood_30 |" in text and "| clean, metrics batches only |" in text
