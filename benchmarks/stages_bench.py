@@ -35,9 +35,11 @@ from benchmarks.otlp_load import trace_request
 from processors.base import Processor
 from processors.chain import StageChain
 from processors.dedup import DedupProcessor, RedisMarks
+from processors.forgery.processor import ForgeryProcessor
+from processors.forgery.state import RedisSnapshots
 from processors.scrub import ScrubProcessor
 from processors.validate import ValidateProcessor
-from rampart.config import DedupConfig, ScrubConfig, ValidateConfig
+from rampart.config import DedupConfig, ForgeryConfig, ScrubConfig, ValidateConfig
 from rampart.keyring import KeyRing, generate_key
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, PayloadFormat, Signal, encode
@@ -152,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("validate", [ValidateProcessor(ValidateConfig())], False, False, "gateway"),
                 ("scrub", [ScrubProcessor(ScrubConfig(), {})], False, False, "gateway"),
                 ("dedup (Redis)", [dedup()], False, False, "gateway"),
+                # One principal sends everything here, so there are no peers to score against: this is
+                # mostly the cost of the hard rules, the sketches and the lineage index.
+                ("forgery (past learning, Redis snapshots)",
+                 [ForgeryProcessor(ForgeryConfig(learning_s=0.0), RedisSnapshots(client),
+                                   f"bench-{uuid.uuid4().hex[:8]}")], False, False, "gateway"),
             ] if traffic != CLEAN_URLS else []
             stages += [
                 (FUSED, fused(), False, False, "gateway"),

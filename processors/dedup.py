@@ -26,18 +26,25 @@ from schemas.envelope import Signal
 
 __all__ = ["DedupProcessor", "InMemoryMarks", "MarkStore", "RedisMarks"]
 
-# For each key: set it to this batch's id unless it exists; report 1 if it existed with another id.
+# For each key: set it to this batch's id unless it exists; report "1" if it existed with another id.
 # A batch-level duplicate stops before any item is marked.
+# The keys travel in one argument, each behind a 2-byte length, and the flags come back as one string:
+# redis-py packs every argument and parses every array element in Python, which cost ~7 µs per span,
+# more than the whole fast path's own work. (So the keys are not declared as KEYS; Rampart uses one
+# Redis, not a cluster, where a script may touch the keys it is given in its arguments.)
 _SCRIPT = """
-local batch_id, ttl = ARGV[1], tonumber(ARGV[2])
-local out = {}
-for i, key in ipairs(KEYS) do
+local batch_id, ttl, blob = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out, pos, i = {}, 1, 0
+while pos < #blob do
+  local n = string.byte(blob, pos) * 256 + string.byte(blob, pos + 1)
+  local key = string.sub(blob, pos + 2, pos + 1 + n)
+  pos = pos + 2 + n
+  i = i + 1
   local previous = redis.call('SET', key, batch_id, 'NX', 'PX', ttl, 'GET')
-  local dup = (previous and previous ~= batch_id) and 1 or 0
-  out[i] = dup
-  if i == 1 and dup == 1 then return out end
+  out[i] = (previous and previous ~= batch_id) and '1' or '0'
+  if i == 1 and out[i] == '1' then break end
 end
-return out
+return table.concat(out)
 """
 
 
@@ -53,8 +60,9 @@ class RedisMarks(MarkStore):
         self._script = client.register_script(_SCRIPT)
 
     def mark(self, keys: Sequence[bytes], batch_id: bytes, ttl_ms: int) -> list[bool]:
-        flags = self._script(keys=list(keys), args=[batch_id, ttl_ms])
-        return [bool(int(f)) for f in flags]
+        blob = b"".join(len(key).to_bytes(2, "big") + key for key in keys)
+        flags: bytes = self._script(keys=[], args=[batch_id, ttl_ms, blob])
+        return [flag == 0x31 for flag in flags]  # b"1"
 
 
 class InMemoryMarks(MarkStore):
