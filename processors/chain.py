@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Keying = str  # "gateway" | "trace_id" | "tenant_service"
 _MAX_DETAIL = 500
+_PART_NAMESPACE = uuid.UUID(int=0)
 # A record holding more resources, scopes, metrics and items than this is quarantined, not
 # processed. Every item costs the processors ~500 bytes and ~20 µs of Python, and the record size
 # alone does not bound their number: a 10 MB record of 4.9 million empty log records took 108 s
@@ -220,10 +221,10 @@ class StageChain:
                 key: bytes | None, partition: int | None) -> Record:
         # A part's batch id is derived, not random: a redelivered input yields the same ids, which
         # is what lets dedup recognise a redelivery as itself.
-        batch_id = str(uuid.uuid5(uuid.UUID(int=0), f"{envelope.batch_id}/{part}")) if part else envelope.batch_id
+        batch_id = str(uuid.uuid5(_PART_NAMESPACE, f"{envelope.batch_id}/{part}")) if part else envelope.batch_id
         out = replace(envelope, batch_id=batch_id, payload=payload,
                       payload_format=PayloadFormat.OTLP_PROTO, stages=(*envelope.stages, *self.names),
-                      key_id="", signature=b"")
+                      key_id=self._keyring.signing_key_id or "", signature=b"")
         sealed = self._keyring.seal(out, encrypt=encrypt and "scrub" not in out.stages)
         return Record(topic, encode(sealed), key, partition)
 
@@ -240,8 +241,8 @@ class StageChain:
             attributes = {**envelope.attributes, "rampart.reject.stage": processor, "rampart.reject.reason": reason,
                           "rampart.reject.detail": group[0].detail[:_MAX_DETAIL],
                           "rampart.reject.count": str(len(group)), "rampart.reject.source_batch_id": envelope.batch_id}
-            rejected = replace(envelope, batch_id=str(uuid.uuid5(uuid.UUID(int=0), f"{envelope.batch_id}/reject/"
-                                                                                     f"{processor}/{reason}")),
+            rejected = replace(envelope, batch_id=str(uuid.uuid5(_PART_NAMESPACE, f"{envelope.batch_id}/reject/"
+                                                                                   f"{processor}/{reason}")),
                                payload=subset(signal, [d.ref for d in group]).SerializeToString(),
                                payload_format=PayloadFormat.OTLP_PROTO, attributes=attributes,
                                stages=(*envelope.stages, processor), key_id="", signature=b"")
