@@ -53,6 +53,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from benchmarks.otlp_load import shift_to_now
+from benchmarks.stages_bench import CLEAN, DIRTY
 from benchmarks.stages_bench import requests as trace_requests
 from rampart.keyring import KeyRing
 from schemas.envelope import Envelope, PayloadFormat, Signal, encode
@@ -194,7 +195,7 @@ def make_bodies(spans: int, count: int, dirty: bool, seed: int) -> list[bytes]:
     """``count`` distinct OTLP/HTTP protobuf bodies (so dedup drops nothing); with ``dirty`` 5 % of
     span attributes carry a secret (e-mail, card number, bearer JWT, URL password, password=)."""
     out = []
-    for request in trace_requests(spans, count, dirty, seed):
+    for request in trace_requests(spans, count, DIRTY if dirty else CLEAN, seed):
         shift_to_now(request)
         out.append(request.SerializeToString())
     return out
