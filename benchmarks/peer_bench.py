@@ -401,7 +401,7 @@ class SpanCounter:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.spans = 0
+        self.spans = self.requests = 0
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
@@ -415,16 +415,20 @@ class SpanCounter:
     def _serve(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/traces", self._traces)
+        self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
         ready.set()
         self._loop.run_forever()
 
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/traces", self._traces)
+
     async def _traces(self, request: web.Request) -> web.Response:
-        parsed = ExportTraceServiceRequest.FromString(await request.read())
+        parsed = ExportTraceServiceRequest.FromString(await request.read())  # aiohttp undoes the gzip
         self.spans += sum(len(ss.spans) for rs in parsed.resource_spans for ss in rs.scope_spans)
+        self.requests += 1
         return web.Response(body=b"", content_type="application/x-protobuf")
 
     def close(self) -> None:

@@ -31,7 +31,6 @@ local services (`make services`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -39,7 +38,6 @@ import random
 import re
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -49,16 +47,15 @@ from typing import Any
 import cramjam
 from aiohttp import web
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from benchmarks.otlp_load import metrics_request, shift_to_now, trace_request
-from benchmarks.peer_bench import cpu_seconds, peak_rss_mb
+from benchmarks.peer_bench import SpanCounter, cpu_seconds, peak_rss_mb
 from processors.chain import StageChain
 from rampart.config import KeyringConfig, StagesConfig
 from rampart.kafka import producer
 from rampart.keyring import KeyRing, load_keyring
 from schemas.envelope import Envelope, PayloadFormat, Signal, encode
-from tests.support.deployment import Deployment, RampartProcess, free_port
+from tests.support.deployment import Deployment, RampartProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KAFKA = "127.0.0.1:9092"
@@ -97,39 +94,17 @@ def _write_request_class() -> Any:
 WriteRequest = _write_request_class()
 
 
-class CountingReceiver:
-    """Accepts OTLP/HTTP traces and Prometheus remote writes on 127.0.0.1 and only counts what they hold.
+class CountingReceiver(SpanCounter):
+    """Also takes Prometheus remote writes and counts their samples and exemplars.
     (tests.support.backend.CapturingBackend keeps every span id and takes only traces.)"""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.requests = self.spans = self.samples = self.exemplars = 0
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
-        self._thread.start()
-        ready.wait(10)
+        self.samples = self.exemplars = 0
+        super().__init__()
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/traces", self._traces)
+    def _add_routes(self, app: web.Application) -> None:
+        super()._add_routes(app)
         app.router.add_post("/api/v1/write", self._remote_write)
-        self._runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-        ready.set()
-        self._loop.run_forever()
-
-    async def _traces(self, request: web.Request) -> web.Response:
-        parsed = ExportTraceServiceRequest.FromString(await request.read())  # aiohttp undoes the gzip
-        self.spans += sum(len(ss.spans) for rs in parsed.resource_spans for ss in rs.scope_spans)
-        self.requests += 1
-        return web.Response(body=b"", content_type="application/x-protobuf")
 
     async def _remote_write(self, request: web.Request) -> web.Response:
         # Remote write frames its snappy without the stream format's framing: raw blocks.
@@ -138,11 +113,6 @@ class CountingReceiver:
         self.exemplars += sum(len(ts.exemplars) for ts in parsed.timeseries)
         self.requests += 1
         return web.Response(status=204)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 # ---------------------------------------------------------------- load: client batches -> clean topic
