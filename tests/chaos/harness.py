@@ -633,7 +633,7 @@ def assert_exact(result: Account, max_duplicates: int = 0) -> None:
 
 # ------------------------------------------------------------------------------------------ shared services
 
-_OTHERS = re.compile(r"pytest|peer_bench|forgery_eval|stages_bench|pipeline_bench|gateway_bench")
+_OTHERS = re.compile(r"pytest|peer_bench|forgery_eval|stages_bench|pipeline_bench|gateway_bench|sinks_bench")
 
 
 def _family() -> set[int]:
