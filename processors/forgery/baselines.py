@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.forgery.lru import touch
 from processors.forgery.sketches import DecayedCount, DecayedHistogram, RobustZ, cumulative
 
 __all__ = ["BaselineStore", "Group", "PrincipalState", "Source", "TenantState"]
@@ -183,15 +184,9 @@ class BaselineStore:
         return state
 
     def principal(self, tenant: str, principal: str) -> PrincipalState:
-        key = (tenant, principal)
-        state = self.principals.get(key)
-        if state is None:
-            state = self.principals[key] = PrincipalState()
-            if len(self.principals) > self._max_groups:
-                self.principals.popitem(last=False)
-                self.evictions += 1
-        else:
-            self.principals.move_to_end(key)
+        state, evicted = touch(self.principals, (tenant, principal), PrincipalState, self._max_groups)
+        if evicted is not None:
+            self.evictions += 1
         return state
 
     def span_name(self, tenant: str, service: str, name: str) -> str:
@@ -206,33 +201,23 @@ class BaselineStore:
         return name
 
     def group(self, key: tuple[str, str, str], now_s: float) -> Group:
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = Group(DecayedHistogram(self._recent_h, now_s),
-                                             DecayedCount(self._recent_h, now_s), DecayedCount(self._recent_h, now_s),
-                                             DecayedCount(self._volume_h, now_s))
-            if len(self.groups) > self._max_groups:
-                (tenant, service, name), _ = self.groups.popitem(last=False)
-                names = self._names.get((tenant, service))
-                if names is not None:
-                    names.pop(name, None)
-                self.evictions += 1
-        else:
-            self.groups.move_to_end(key)
+        group, evicted = touch(self.groups, key, lambda: Group(
+            DecayedHistogram(self._recent_h, now_s), DecayedCount(self._recent_h, now_s),
+            DecayedCount(self._recent_h, now_s), DecayedCount(self._volume_h, now_s)), self._max_groups)
+        if evicted is not None:
+            (tenant, service, name), _ = evicted
+            names = self._names.get((tenant, service))
+            if names is not None:
+                names.pop(name, None)
+            self.evictions += 1
         return group
 
     def source(self, group: Group, principal: str, now_s: float) -> Source:
-        source = group.sources.get(principal)
-        if source is None:
-            source = group.sources[principal] = Source(DecayedHistogram(self._recent_h, now_s),
-                                                       DecayedCount(self._recent_h, now_s),
-                                                       DecayedCount(self._recent_h, now_s),
-                                                       DecayedCount(self._volume_h, now_s))
-            if len(group.sources) > self._max_sources:
-                group.sources.popitem(last=False)
-                self.evictions += 1
-        else:
-            group.sources.move_to_end(principal)
+        source, evicted = touch(group.sources, principal, lambda: Source(
+            DecayedHistogram(self._recent_h, now_s), DecayedCount(self._recent_h, now_s),
+            DecayedCount(self._recent_h, now_s), DecayedCount(self._volume_h, now_s)), self._max_sources)
+        if evicted is not None:
+            self.evictions += 1
         source.last_s = now_s
         return source
 

@@ -36,6 +36,7 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from processors.forgery.lru import touch
 from processors.forgery.sketches import RobustZ
 
 __all__ = ["CELLS", "Contamination", "Decayed", "LineageTracker", "SourceLineage", "SpanIds", "cell", "sampled_id"]
@@ -198,16 +199,10 @@ class LineageTracker:
         return len(self.sources)
 
     def source(self, tenant: str, principal: str, service: str, now_s: float) -> SourceLineage:
-        key = (tenant, principal, service)
-        state = self.sources.get(key)
-        if state is None:
-            h = self._half_life_s
-            state = self.sources[key] = SourceLineage(Decayed(2, h, now_s), Decayed(CELLS, h, now_s),
-                                                      Decayed(CELLS, h, now_s), Decayed(2, h, now_s), calls_at=now_s)
-            if len(self.sources) > self._max_sources:
-                self.sources.popitem(last=False)
-        else:
-            self.sources.move_to_end(key)
+        h = self._half_life_s
+        state, _ = touch(self.sources, (tenant, principal, service), lambda: SourceLineage(
+            Decayed(2, h, now_s), Decayed(CELLS, h, now_s), Decayed(CELLS, h, now_s), Decayed(2, h, now_s),
+            calls_at=now_s), self._max_sources)
         return state
 
     def _service(self, tenant: str, service: str, now_s: float) -> Decayed:

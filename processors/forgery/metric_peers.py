@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
+from processors.forgery.lru import touch
 from processors.forgery.sketches import RobustZ
 
 __all__ = ["MetricFinding", "MetricScreen", "readings"]
@@ -254,21 +255,7 @@ class MetricScreen:
             source.flagged_since_frozen = True
 
     def _group(self, key: tuple[str, str, str]) -> _Group:
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = _Group()
-            if len(self.groups) > self._max_groups:
-                self.groups.popitem(last=False)
-        else:
-            self.groups.move_to_end(key)
-        return group
+        return touch(self.groups, key, _Group, self._max_groups)[0]
 
     def _source(self, group: _Group, principal: str) -> _Source:
-        source = group.sources.get(principal)
-        if source is None:
-            source = group.sources[principal] = _Source()
-            if len(group.sources) > self._max_sources:
-                group.sources.popitem(last=False)
-        else:
-            group.sources.move_to_end(principal)
-        return source
+        return touch(group.sources, principal, _Source, self._max_sources)[0]
