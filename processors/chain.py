@@ -115,8 +115,9 @@ class StageChain:
 
         # Data that came encrypted stays encrypted until it is scrubbed, whatever this stage's own setting.
         encrypt = self._encrypt_unscrubbed or is_encrypted(sealed)
+        kept = self._kept_placement(signal, key, source)
         if cleared is not None:
-            self._fast_outcome(outcome, envelope, key, encrypt, *cleared)
+            self._fast_outcome(outcome, envelope, kept, encrypt, *cleared)
             return outcome
         batch = Batch(signal=signal, request=request, batch_id=envelope.batch_id, tenant=envelope.tenant,
                       principal=envelope.principal, received_at_ns=envelope.received_at_ns,
@@ -141,8 +142,23 @@ class StageChain:
         prune_empty(request, signal)
         outcome.items_out = count_items(request, signal)
         if outcome.items_out:
-            outcome.records += self._outputs(envelope, request, key, encrypt)
+            outcome.records += self._outputs(envelope, request, kept, encrypt)
         return outcome
+
+    def _kept_placement(self, signal: Signal, key: bytes | None, source: str) -> tuple[bytes | None, int | None]:
+        """(key, partition) for an output that keeps the input's placement.
+
+        A keyed input keeps its key. An unkeyed one was placed by partition (trace_id keying upstream)
+        and keeps that partition: left to the producer it would land anywhere, scattering a trace's
+        spans again, and the copies of a redelivered batch would reach different partitions, hence
+        different sink replicas that could both export them before either marks it delivered.
+        """
+        if key is not None:
+            return key, None
+        parts = source.rsplit("/", 2)  # "topic/partition/offset" (Kafka topic names hold no "/")
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None, None
+        return None, int(parts[1]) % self._output_partitions(signal)
 
     # ------------------------------------------------------------ the clean-batch fast path
 
@@ -168,8 +184,8 @@ class StageChain:
             results.append(result)
         return raw, results
 
-    def _fast_outcome(self, outcome: ChainOutcome, envelope: Envelope, key: bytes | None, encrypt: bool,
-                      raw: RawBatch, results: list[Result]) -> None:
+    def _fast_outcome(self, outcome: ChainOutcome, envelope: Envelope, kept: tuple[bytes | None, int | None],
+                      encrypt: bool, raw: RawBatch, results: list[Result]) -> None:
         """What the Python path gives for a batch nothing changes: the counters, the audit events and the
         input's own payload (a clean scan re-encodes to exactly its bytes) or the native split of it."""
         outcome.fast_path_batches = 1
@@ -181,7 +197,7 @@ class StageChain:
                 self._audit(outcome, event, envelope, **fields)
         topic = self._output_topic(envelope.signal)
         if self._keying != "trace_id":
-            outcome.records.append(self._record(topic, envelope, encrypt, envelope.payload, "", key, None))
+            outcome.records.append(self._record(topic, envelope, encrypt, envelope.payload, "", *kept))
             return
         for partition, part in raw.scan.split(self._output_partitions(envelope.signal)):
             outcome.records.append(self._record(topic, envelope, encrypt, envelope.payload if part is None else part,
@@ -189,7 +205,8 @@ class StageChain:
 
     # ------------------------------------------------------------ outputs
 
-    def _outputs(self, envelope: Envelope, request: Message, key: bytes | None, encrypt: bool) -> list[Record]:
+    def _outputs(self, envelope: Envelope, request: Message, kept: tuple[bytes | None, int | None],
+                 encrypt: bool) -> list[Record]:
         signal = envelope.signal
         topic = self._output_topic(signal)
         if self._keying == "trace_id" and signal is Signal.TRACES:
@@ -215,7 +232,7 @@ class StageChain:
                 return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", service_key, None)]
             return [self._record(topic, envelope, encrypt, subset(signal, refs).SerializeToString(), f"s:{service}",
                                  f"{envelope.tenant}/{service}".encode(), None) for service, refs in by_service.items()]
-        return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", key, None)]
+        return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", *kept)]
 
     def _record(self, topic: str, envelope: Envelope, encrypt: bool, payload: bytes, part: str,
                 key: bytes | None, partition: int | None) -> Record:

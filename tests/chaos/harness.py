@@ -583,9 +583,12 @@ def clean_copies(pipeline: Pipeline, spans: set[bytes]) -> str:
     finally:
         consumer.close()
     records = sum(len(v) for v in where.values())
-    gaps = [max(o for _, o in v) - min(o for _, o in v) for v in where.values() if len(v) > 1]
+    copied = [v for v in where.values() if len(v) > 1]
+    gaps = [max(o for _, o in v) - min(o for _, o in v) for v in copied]
+    split = sum(1 for v in copied if len({p for p, _ in v}) > 1)
     return (f"on the clean topic those spans are in {records} records under {len(where)} batch ids; "
-            f"{len(gaps)} batch ids twice, their copies {min(gaps, default=0)}-{max(gaps, default=0)} offsets apart")
+            f"{len(gaps)} batch ids twice ({split} of them on different partitions), their copies "
+            f"{min(gaps, default=0)}-{max(gaps, default=0)} offsets apart")
 
 
 def table(title: str, result: Account, sampler: Sampler, notes: Iterable[str] = ()) -> str:

@@ -140,6 +140,24 @@ def test_trace_id_keying_puts_every_span_of_a_trace_on_one_partition() -> None:
     assert [decode(r.value).batch_id for r in again.records] == [decode(r.value).batch_id for r in outcome.records]
 
 
+def test_later_stages_keep_an_unkeyed_record_on_its_partition() -> None:
+    # Under trace_id keying records carry no key, only a partition: a later stage must keep it (modulo
+    # its output's partition count), whether or not the batch takes the fast path, or a trace's spans
+    # scatter again and the copies of a redelivered batch reach different sink replicas.
+    clean = traces(5)
+    dirty = traces(5)
+    dirty.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="user.email").value.string_value = "a@b.example"
+    for request in (clean, dirty):
+        value = envelope(request)
+        for partitions, expected in ((6, 5), (4, 1)):
+            (record,) = [r for r in chain(partitions=partitions).handle(Signal.TRACES, value, None,
+                                                                           "t.raw.traces/5/17").records
+                         if r.topic == "t.clean.traces"]
+            assert (record.key, record.partition) == (None, expected)
+    (keyed,) = chain().handle(Signal.TRACES, envelope(clean), b"k", "t.raw.traces/5/17").records
+    assert (keyed.key, keyed.partition) == (b"k", None)
+
+
 def test_tenant_service_keying() -> None:
     request = traces(2)
     other = request.resource_spans.add()
