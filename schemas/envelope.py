@@ -140,26 +140,66 @@ _CURRENT = KNOWN_VERSIONS[CURRENT_VERSION]
 
 
 def encode(envelope: Envelope) -> bytes:
-    """Serialise an envelope with the current schema version."""
-    buf = io.BytesIO()
-    buf.write(MAGIC)
-    buf.write(_CURRENT.fingerprint)
-    record = {
-        "batch_id": envelope.batch_id,
-        "tenant": envelope.tenant,
-        "principal": envelope.principal,
-        "signal": envelope.signal.name,
-        "payload_format": envelope.payload_format.name,
-        "received_at_ns": envelope.received_at_ns,
-        "gateway_id": envelope.gateway_id,
-        "stages": list(envelope.stages),
-        "attributes": dict(envelope.attributes),
-        "key_id": envelope.key_id,
-        "signature": envelope.signature,
-        "payload": envelope.payload,
-    }
-    fastavro.schemaless_writer(buf, _CURRENT.schema, record)
-    return buf.getvalue()
+    """Serialise an envelope with the current schema version.
+
+    Written by hand for version 1's fixed schema (Avro binary: zig-zag varints, length-prefixed
+    strings and bytes, one block per array and map) because every gateway request and every stage
+    output pays for it: fastavro's generic writer cost 7 % of a 100-span gateway request, this a
+    third of that. A test checks it byte for byte against fastavro's encoding of the schema file.
+    """
+    out = [MAGIC, _CURRENT.fingerprint]
+    for text in (envelope.batch_id, envelope.tenant, envelope.principal):
+        _avro_text(out, text)
+    out.append(_SIGNAL_CODES[envelope.signal.name])
+    out.append(_FORMAT_CODES[envelope.payload_format.name])
+    out.append(_avro_long(envelope.received_at_ns))
+    _avro_text(out, envelope.gateway_id)
+    if envelope.stages:
+        out.append(_avro_long(len(envelope.stages)))
+        for stage in envelope.stages:
+            _avro_text(out, stage)
+    out.append(b"\x00")
+    if envelope.attributes:
+        out.append(_avro_long(len(envelope.attributes)))
+        for key, value in envelope.attributes.items():
+            _avro_text(out, key)
+            _avro_text(out, value)
+    out.append(b"\x00")
+    _avro_text(out, envelope.key_id)
+    for data in (envelope.signature, envelope.payload):
+        out.append(_avro_long(len(data)))
+        out.append(data)
+    return b"".join(out)
+
+
+def _enum_codes(field_name: str) -> dict[str, bytes]:
+    (field_schema,) = (f["type"] for f in _CURRENT.schema["fields"] if f["name"] == field_name)
+    return {symbol: _avro_long(index) for index, symbol in enumerate(field_schema["symbols"])}
+
+
+def _avro_long(n: int) -> bytes:
+    if 0 <= n < 64:  # string lengths, counts: one byte, precomputed
+        return _ONE_BYTE_LONGS[n]
+    zigzag = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while zigzag > 0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
+
+
+_ONE_BYTE_LONGS = tuple(bytes([n << 1]) for n in range(64))
+
+
+def _avro_text(out: list[bytes], text: str) -> None:
+    data = text.encode("utf-8")
+    out.append(_avro_long(len(data)))
+    out.append(data)
+
+
+_SIGNAL_CODES = _enum_codes("signal")
+_FORMAT_CODES = _enum_codes("payload_format")
 
 
 def decode(data: bytes) -> Envelope:
