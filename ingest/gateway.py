@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -73,6 +73,7 @@ class Gateway:
         # (millions of tiny items) and memory for the parts: one at a time, off the event loop, so
         # other clients are served meanwhile and memory stays bounded.
         self._splitting = asyncio.Semaphore(1)
+        self._ids = _random_uuids()
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -127,7 +128,7 @@ class Gateway:
             async with self._splitting:
                 parts = await asyncio.to_thread(split_payload, signal, payload_format, payload,
                                                 self._max_payload_bytes)
-        request_id = str(uuid.uuid4())
+        request_id = next(self._ids)
         envelopes = []
         for index, part in enumerate(parts):
             attributes = {"rampart.request_id": request_id}
@@ -135,10 +136,11 @@ class Gateway:
                 attributes["rampart.split"] = f"{index + 1}/{len(parts)}"
             if not rate_checked:
                 attributes["rampart.ratelimit"] = "unchecked"
-            envelope = Envelope(batch_id=str(uuid.uuid4()), tenant=key.tenant, principal=key.key_id,
+            # Made with the signing key's id, so signing needs no second copy of the envelope.
+            envelope = Envelope(batch_id=next(self._ids), tenant=key.tenant, principal=key.key_id,
                                 signal=signal, payload_format=payload_format, received_at_ns=received_at_ns,
                                 gateway_id=self.gateway_id, payload=part, stages=("gateway",),
-                                attributes=attributes)
+                                attributes=attributes, key_id=self._keyring.signing_key_id or "")
             envelopes.append(self._keyring.seal(envelope, encrypt=self._encrypt_payloads))
         topic = self._topics.raw(signal)
         # Metrics are cumulative series whose order matters downstream (Prometheus refuses an older
@@ -205,6 +207,17 @@ class Gateway:
         self._audit.emit(event, tenant=key.tenant, principal=key.key_id, suppressed_since_last=window.suppressed,
                          **fields)
         window.last_emitted, window.suppressed = now, 0
+
+
+def _random_uuids() -> Iterator[str]:
+    """Random (version 4) UUID strings for batch and request ids, their randomness drawn from the
+    OS 4 KiB at a time: uuid.uuid4() makes a system call and a UUID object per id, which was 5 % of
+    a 100-span request's CPU."""
+    while True:
+        pool = os.urandom(4096).hex()
+        for i in range(0, len(pool), 32):
+            h = pool[i:i + 32]
+            yield f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def _key_id_of(token: str | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import json
 import os
@@ -246,12 +247,22 @@ def _add_pipeline_roles(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _gateway(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    _collect_garbage_less_often()
     try:
         asyncio.run(run_gateway(config, env))
     except GatewayStartupError as exc:
         print(f"rampart gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _collect_garbage_less_often() -> None:
+    """For the long-running services: the cycle collector's young generation is scanned after every
+    700 net allocations by default, which for a gateway is every request or two (4 % of its CPU at
+    100-span requests). Every 20,000 costs a little memory held in cyclic garbage a little longer.
+    What was built before serving (modules, config) is frozen out of the scans altogether."""
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 def _worker(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
@@ -264,6 +275,7 @@ def _worker(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, s
     if (args.input is None) != (args.output is None):
         print("rampart worker: --input and --output go together", file=sys.stderr)
         return EXIT_USAGE
+    _collect_garbage_less_often()
     try:
         run_worker(config, env, stages, signals, args.input, args.output)
     except (WorkerSetupError, ScrubSetupError) as exc:
@@ -273,6 +285,7 @@ def _worker(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, s
 
 
 def _sink(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    _collect_garbage_less_often()
     try:
         run_sink(config, env, args.name)
     except SinkSetupError as exc:
