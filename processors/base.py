@@ -60,6 +60,9 @@ class Batch:
     # The payload as the stage received it, for cheap screens before any item is looked at.
     raw_payload: bytes | None = None
     payload_format: PayloadFormat = PayloadFormat.OTLP_PROTO
+    # The operator key id whose signed release brought this batch back from quarantine (verified by
+    # the chain, rampart/release.py); set only in chains with a processor that honours releases.
+    released_by: str | None = None
 
 
 @dataclass
@@ -123,6 +126,9 @@ class Result:
 
 class Processor(ABC):
     name: ClassVar[str]
+    # A processor that quarantines whole batches on suspicion, and lets an operator's release through
+    # (Batch.released_by), says so: its chain then checks every claimed release before it runs.
+    honours_release: ClassVar[bool] = False
 
     @abstractmethod
     def process(self, batch: Batch) -> Result:

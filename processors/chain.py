@@ -34,6 +34,7 @@ from processors.otlp import (
 from rampart.audit import audit_record, quarantine_records
 from rampart.keyring import KeyRing, SignatureError, is_encrypted
 from rampart.publisher import Record
+from rampart.release import ReleaseError, ReleaseKeys
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, PayloadFormat, Signal, decode, encode
 
@@ -73,7 +74,7 @@ class StageChain:
     def __init__(self, *, names: list[str], processors: list[Processor], keyring: KeyRing, topics: TopicNames,
                  output_topic: Callable[[Signal], str], keying: Keying, output_partitions: Callable[[Signal], int],
                  instance: str, encrypt_unscrubbed: bool = False, required_before: tuple[str, ...] = (),
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, release_keys: ReleaseKeys | None = None) -> None:
         self.names = names
         self._processors = processors
         self._keyring = keyring
@@ -90,6 +91,9 @@ class StageChain:
         # The clean-batch fast path needs every processor to answer clears(); otherwise it would only
         # cost the early ones' work (a Redis round trip for dedup) before decoding anyway.
         self._fast_path = fast_path and all(type(p).clears is not Processor.clears for p in processors)
+        # Releases matter only where a processor honours them; elsewhere their attributes just travel on.
+        self._release_keys = (release_keys or ReleaseKeys({})) if any(p.honours_release for p in processors) \
+            else None
 
     def handle(self, signal: Signal, value: bytes, key: bytes | None, source: str) -> ChainOutcome:
         """What to produce for one input record. Raises ProcessorUnavailable (retry later) and nothing else."""
@@ -102,13 +106,14 @@ class StageChain:
             if not passed_stages(envelope.stages, self._required_before):
                 raise _Untrusted("skipped_stages", f"envelope has passed {', '.join(envelope.stages)}; "
                                                    f"{', '.join(self._required_before)} must come first")
+            released_by = self._release_keys.check(envelope) if self._release_keys is not None else None
             cleared = self._cleared(envelope)
             if cleared is None:
                 request = decode_payload(signal, envelope.payload_format, envelope.payload)
                 if count_entries(request, signal, MAX_ENTRIES_PER_RECORD) > MAX_ENTRIES_PER_RECORD:
                     raise _Untrusted("too_many_items", f"more than {MAX_ENTRIES_PER_RECORD} resources, scopes, "
                                                        "metrics and items in one record")
-        except (EnvelopeError, SignatureError, OtlpDecodeError, _Untrusted) as exc:
+        except (EnvelopeError, SignatureError, OtlpDecodeError, ReleaseError, _Untrusted) as exc:
             reason = getattr(exc, "reason", "malformed_envelope")
             self._quarantine(outcome, signal, value, key, source, reason, str(exc))
             return outcome
@@ -122,7 +127,7 @@ class StageChain:
         batch = Batch(signal=signal, request=request, batch_id=envelope.batch_id, tenant=envelope.tenant,
                       principal=envelope.principal, received_at_ns=envelope.received_at_ns,
                       attributes=envelope.attributes, raw_payload=envelope.payload,
-                      payload_format=envelope.payload_format)
+                      payload_format=envelope.payload_format, released_by=released_by)
         outcome.items_in = count_items(request, signal)
         for processor in self._processors:
             result = processor.process(batch)

@@ -29,6 +29,7 @@ from rampart.config import RampartConfig
 from rampart.kafka import admin_client
 from rampart.keyring import KeyringError, load_keyring
 from rampart.publisher import Publisher, PublishError, publish_until_acknowledged, retry_delay_s
+from rampart.release import ReleaseError, ReleaseKeys
 from rampart.streaming import ConsumerSpec, run_consumer
 from rampart.topics import TopicNames
 from schemas.envelope import Signal
@@ -211,6 +212,10 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
         processors = build(stages, config, env)
     except ValueError as exc:
         raise WorkerSetupError(str(exc)) from None
+    try:
+        release_keys = ReleaseKeys(config.keyring.release_keys)
+    except ReleaseError as exc:
+        raise WorkerSetupError(f"{exc} ({config.source})") from None
     partitions = _partition_counts(config, plan)
     first_stage = stages[0] == config.stages.pipeline[0] and input_template is None
     chain = StageChain(names=stages, processors=processors, keyring=keyring,
@@ -218,7 +223,8 @@ def run_worker(config: RampartConfig, env: Mapping[str, str], stages: list[str],
                        keying=config.stages.keying if first_stage else "gateway",
                        output_partitions=partitions.__getitem__, instance=f"{socket.gethostname()}-{os.getpid()}",
                        encrypt_unscrubbed=config.keyring.encrypt_unscrubbed,
-                       required_before=_stages_before(config, stages) if input_template is None else ())
+                       required_before=_stages_before(config, stages) if input_template is None else (),
+                       release_keys=release_keys)
     registry = CollectorRegistry()
     for processor in processors:
         processor.register_metrics(registry)

@@ -44,6 +44,7 @@ from rampart.quarantine import (
 )
 from rampart.quarantine import as_json as quarantine_json
 from rampart.quarantine import table as quarantine_table
+from rampart.release import ReleaseError, generate_operator_key, load_operator_key
 from rampart.settings import redacted
 from rampart.stores import redis_client
 from rampart.topics import TopicNames, create_topics
@@ -123,6 +124,16 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(handler=_keys_generate)
     klist = keys_sub.add_parser("list", help="list key ids, their roles and fingerprints (never the keys)")
     klist.set_defaults(handler=_keys_list)
+    operator = keys_sub.add_parser(
+        "operator", help="make an operator's release key (Ed25519) for `quarantine release`",
+        description="Write a new Ed25519 private key for one operator to --out (mode 0600, never overwritten) "
+                    "and print its public half. Add that line under keyring.release_keys in the pipeline's "
+                    "config: a quarantined batch comes back only with a release signed by a key listed there, "
+                    "so the services' own envelope keys cannot release anything. Keep the private key with the "
+                    "operator, not on any Rampart host.")
+    operator.add_argument("--id", required=True, dest="key_id", help="operator key id, e.g. alice-2026")
+    operator.add_argument("--out", required=True, help="where to write the private key, e.g. ~/.rampart/alice.key")
+    operator.set_defaults(handler=_keys_operator)
 
     _add_gateway(sub)
     _add_pipeline_roles(sub)
@@ -166,14 +177,18 @@ def _add_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Re-publish the batch where the first stage it has not passed reads (from its signed list "
                     "of stages), re-signed with this command's key ring and marked released by you (signed "
                     "envelope attributes rampart.released_by and rampart.release_reason, which no gateway "
-                    "sets), so the forgery stage lets it pass unscreened. Only batches the forgery stage set "
-                    "aside (forgery_suspected) can be released: a record that failed its signature, could not "
-                    "be read or skipped stages cannot be made trustworthy by a release. Needs the key ring "
+                    "sets) and signed with your operator release key (`rampart keys operator`; its public half "
+                    "must be in keyring.release_keys), so the forgery stage lets it pass unscreened. Only "
+                    "batches the forgery stage set aside (forgery_suspected) can be released: a record that "
+                    "failed its signature, could not be read or skipped stages cannot be made trustworthy by a "
+                    "release. Needs the key ring "
                     "with a signing key, Kafka and Redis (each release is remembered there); writes a "
                     "quarantine_released audit event.")
     q_release.add_argument("record_id", metavar="ID", help="as `quarantine list` shows it, e.g. traces/0/12")
     q_release.add_argument("--reason", required=True, help="why it is genuine (kept in the batch and the audit)")
     q_release.add_argument("--force", action="store_true", help="release a batch that was released before")
+    q_release.add_argument("--operator-key", default=os.environ.get("RAMPART_OPERATOR_KEY_FILE"),
+                           help="your operator release key file (default: $RAMPART_OPERATOR_KEY_FILE)")
     q_release.set_defaults(handler=_quarantine_release)
 
 
@@ -351,9 +366,18 @@ def _quarantine_show(args: argparse.Namespace, config: RampartConfig, env: Mappi
 
 
 def _quarantine_release(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    if not args.operator_key:
+        print("rampart quarantine release: a release is signed with your operator key: pass --operator-key FILE "
+              "or set RAMPART_OPERATOR_KEY_FILE (make one with `rampart keys operator`)", file=sys.stderr)
+        return EXIT_USAGE
     try:
+        operator_key = load_operator_key(args.operator_key)
         keyring = load_keyring(config.keyring, env)
-        done = release(config, keyring, args.record_id, reason=args.reason, operator=_operator(), force=args.force)
+        done = release(config, keyring, args.record_id, reason=args.reason, operator_key=operator_key,
+                       user=_operator(), force=args.force)
+    except ReleaseError as exc:
+        print(f"rampart quarantine release: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except NotReleasable as exc:
         print(f"rampart quarantine release: not releasable: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -497,6 +521,18 @@ def _keys_generate(args: argparse.Namespace, config: RampartConfig, env: Mapping
               f"{ring.encryption_key_id!r}")
     else:
         print(f"added key {args.key_id!r} to {path}; signing key is now {ring.signing_key_id!r}")
+    return EXIT_OK
+
+
+def _keys_operator(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
+    try:
+        key = generate_operator_key(os.path.expanduser(args.out), args.key_id)
+    except (ReleaseError, OSError) as exc:
+        print(f"rampart keys operator: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote operator key {key.key_id!r} to {args.out} (keep it with the operator only)")
+    print("add this under keyring.release_keys in the pipeline's config:")
+    print(f"  {key.key_id}: {key.public_text()}")
     return EXIT_OK
 
 

@@ -106,6 +106,10 @@ class KeyringConfig:
     encrypt_unscrubbed: bool = False
     # The key new payloads are encrypted with; unset: the key file's encryption_key_id.
     encryption_key_id: str | None = None
+    # Operators' public release keys (`rampart keys operator`): key id -> base64 Ed25519 public key.
+    # Not secret. A batch comes back from quarantine only with a release signed by one of them, so
+    # the services' own envelope keys cannot release anything.
+    release_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,14 @@ and, for a processor's quarantine, ``.score``, ``.reasons``, ``.batch_id``). Rec
 ``<signal>/<partition>/<offset>`` on ``<prefix>.quarantine.<signal>``.
 
 Releasing re-publishes the batch, re-signed by this command's key ring with the envelope attributes
-``rampart.released_by`` and ``rampart.release_reason``, on the topic of the first stage it has not
-passed (taken from its signed ``stages``, never from a header): the stages before forgery see it again
-(dedup recognises its own batch id) and forgery lets it pass unscreened. Only what a processor set
-aside for a reason an operator can judge is releasable (:data:`RELEASABLE`); a record that failed its
-signature, could not be read or broke the stage order stays where it is. Each release is remembered in
-Redis (so one batch is not released twice by mistake) and is an audit event.
+``rampart.released_by``, ``rampart.release_reason`` and the operator's Ed25519 release signature
+(rampart/release.py: only an operator key listed in ``keyring.release_keys`` can release), on the
+topic of the first stage it has not passed (taken from its signed ``stages``, never from a header):
+the stages before forgery see it again (dedup recognises its own batch id) and forgery lets it pass
+unscreened. Only what a processor set aside for a reason an operator can judge is releasable
+(:data:`RELEASABLE`); a record that failed its signature, could not be read or broke the stage order
+stays where it is. Each release is remembered in Redis (so one batch is not released twice by
+mistake) and is an audit event.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from typing import Any
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from processors.forgery.processor import DROP_REASON, RELEASE_REASON, RELEASED_BY
+from processors.forgery.processor import DROP_REASON
 from processors.otlp import OtlpDecodeError, decode_payload, walk
 from rampart.audit import audit_record
 from rampart.config import RampartConfig
 from rampart.kafka import consumer, producer
 from rampart.keyring import KeyRing, SignatureError, is_encrypted
+from rampart.release import OperatorKey, ReleaseKeys, sign_release
 from rampart.stores import redis_client
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, EnvelopeError, Signal, decode, encode
@@ -56,6 +59,7 @@ NOT_RELEASABLE = {
     "signal_mismatch": "it arrived on another signal's topic: publish it on the right topic instead",
     "skipped_stages": "it skipped stages it must pass: the sender must publish it where the pipeline starts",
     "too_many_items": "it is too large for a stage to process at all",
+    "bad_release": "it claimed a release whose operator signature did not verify: release the original record",
 }
 _PREFIX = "rampart.quarantine."
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -219,12 +223,18 @@ class Release:
     topic: str
 
 
-def release(config: RampartConfig, keyring: KeyRing, record_id: str, *, reason: str, operator: str,
-            force: bool = False, marks: redis.Redis | None = None) -> Release:
-    """Re-publish one quarantined batch into the pipeline, signed as released by ``operator``; audited."""
+def release(config: RampartConfig, keyring: KeyRing, record_id: str, *, reason: str, operator_key: OperatorKey,
+            user: str, force: bool = False, marks: redis.Redis | None = None) -> Release:
+    """Re-publish one quarantined batch into the pipeline with a release signed by ``operator_key``
+    (run by the OS user ``user``); audited."""
     if keyring.signing_key_id is None:
         raise QuarantineError("releasing re-signs the batch: the key ring has no signing key "
                               "(set keyring.signing_key_id)")
+    known = config.keyring.release_keys.get(operator_key.key_id)
+    if known is None or known.strip() != operator_key.public_text():
+        raise QuarantineError(f"operator key {operator_key.key_id!r} is not in keyring.release_keys of "
+                              f"{config.source} with this public key, so the pipeline would refuse the release: add "
+                              f"`{operator_key.key_id}: {operator_key.public_text()}` there (and roll it out) first")
     record = read_record(config, keyring, record_id)
     if record.reason not in RELEASABLE:
         why = NOT_RELEASABLE.get(record.reason, "only batches a processor set aside for forgery are releasable")
@@ -237,7 +247,7 @@ def release(config: RampartConfig, keyring: KeyRing, record_id: str, *, reason: 
     marks = marks if marks is not None else _marks(config)
     mark_key = f"{config.redis.key_prefix}:quarantine:released:{record_id}:{sealed.batch_id}"
     try:
-        first = marks.set(mark_key, operator, nx=True, ex=int(config.topics.retention_ms / 1000))
+        first = marks.set(mark_key, operator_key.key_id, nx=True, ex=int(config.topics.retention_ms / 1000))
     except redis.RedisError as exc:
         raise QuarantineError(f"Redis at {config.redis.url} did not answer, so the release cannot be recorded: "
                               f"{exc}") from None
@@ -245,12 +255,14 @@ def release(config: RampartConfig, keyring: KeyRing, record_id: str, *, reason: 
         raise NotReleasable(f"{record_id} was released before (by {_text(marks.get(mark_key))}); "
                             "--force releases it again")
     opened = keyring.open(sealed)
-    attributes = {**opened.attributes, RELEASED_BY: operator, RELEASE_REASON: reason,
-                  "rampart.released_at": f"{time.time():.3f}", "rampart.release_of": record_id}
+    attributes = {**opened.attributes, **sign_release(operator_key, opened, reason=reason,
+                                                      released_at=f"{time.time():.3f}", record_id=record_id)}
+    ReleaseKeys(config.keyring.release_keys).check(replace(opened, attributes=attributes))  # as the stage will
     released = keyring.seal(replace(opened, attributes=attributes, key_id="", signature=b""),
                             encrypt=is_encrypted(sealed))
     event = audit_record("quarantine_released", "cli", socket.gethostname(), sealed.tenant, sealed.principal,
-                         operator=operator, record=record_id, batch_id=sealed.batch_id, reason=record.reason,
+                         operator=operator_key.key_id, user=user, record=record_id, batch_id=sealed.batch_id,
+                         reason=record.reason,
                          release_reason=reason, topic=topic, signal=record.signal.value)
     out = producer(config.kafka, "rampart-quarantine", **{"delivery.timeout.ms": 15_000})
     failures: list[str] = []

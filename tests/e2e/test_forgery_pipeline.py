@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 import random
 import subprocess
 import time
@@ -109,8 +110,8 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float = 60.0) ->
         time.sleep(0.5)
 
 
-def rampart(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    env = deployment.env(RAMPART__STAGES__PIPELINE=STAGES, RAMPART__KEYRING__SIGNING_KEY_ID="gateway-1")
+def rampart(deployment: Deployment, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = deployment.env(RAMPART__STAGES__PIPELINE=STAGES, RAMPART__KEYRING__SIGNING_KEY_ID="gateway-1", **env_vars)
     return subprocess.run([RAMPART, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -126,10 +127,19 @@ def audit_events(deployment: Deployment) -> list[dict[str, str]]:
     return [json.loads(v) for v in deployment.read_audit()]
 
 
+def operator_key(deployment: Deployment, path: pathlib.Path, key_id: str) -> str:
+    """Make an operator release key with the CLI; returns its public half as the CLI prints it."""
+    made = rampart(deployment, "keys", "operator", "--id", key_id, "--out", str(path))
+    assert made.returncode == 0, made.stderr
+    (line,) = [line for line in made.stdout.splitlines() if line.strip().startswith(f"{key_id}: ")]
+    return line.split(": ", 1)[1]
+
+
 def test_a_masking_flood_is_quarantined_the_genuine_traffic_passes_and_a_release_brings_it_through(
-        deployment: Deployment) -> None:
+        deployment: Deployment, tmp_path: pathlib.Path) -> None:
+    listed = {"RAMPART__KEYRING__RELEASE_KEYS__SRE1": operator_key(deployment, tmp_path / "sre1.key", "sre1")}
     gateway = deployment.start_gateway()
-    worker = deployment.start_worker(STAGES, **FORGERY)
+    worker = deployment.start_worker(STAGES, **FORGERY, **listed)
     tokens = [deployment.api_key()[1] for _ in range(4)]
     rng, sent = random.Random(7), Sent()
 
@@ -175,11 +185,19 @@ def test_a_masking_flood_is_quarantined_the_genuine_traffic_passes_and_a_release
     target = flood[-1]
     shown = rampart(deployment, "quarantine", "show", target["id"])
     assert shown.returncode == 0 and "cart" in shown.stdout and "attacker" not in shown.stdout, shown.stderr
-    released = rampart(deployment, "quarantine", "release", target["id"], "--reason", "load test by the SRE team")
+    unsigned = rampart(deployment, "quarantine", "release", target["id"], "--reason", "no key", **listed)
+    assert unsigned.returncode == 2 and "--operator-key" in unsigned.stderr
+    operator_key(deployment, tmp_path / "intruder.key", "sre1")  # the right id, a key nobody listed
+    intruder_key = rampart(deployment, "quarantine", "release", target["id"], "--reason", "trust me",
+                           "--operator-key", str(tmp_path / "intruder.key"), **listed)
+    assert intruder_key.returncode == 1 and "not in keyring.release_keys" in intruder_key.stderr
+    released = rampart(deployment, "quarantine", "release", target["id"], "--reason", "load test by the SRE team",
+                       RAMPART_OPERATOR_KEY_FILE=str(tmp_path / "sre1.key"), **listed)
     assert released.returncode == 0, released.stderr
     released_ids = envelope_trace_ids([_by_batch(held, target["batch_id"])])
     wait_until("the released batch on the clean topic", lambda: released_ids <= envelope_trace_ids(clean(deployment)))
-    again = rampart(deployment, "quarantine", "release", target["id"], "--reason", "twice")
+    again = rampart(deployment, "quarantine", "release", target["id"], "--reason", "twice",
+                    "--operator-key", str(tmp_path / "sre1.key"), **listed)
     assert again.returncode == 1 and "released before" in again.stderr
     events = audit_events(deployment)
     assert any(e["event"] == "quarantine_released" and e["batch_id"] == target["batch_id"] for e in events)
@@ -200,7 +218,8 @@ def test_a_masking_flood_is_quarantined_the_genuine_traffic_passes_and_a_release
     (bad,) = [r for r in json.loads(rampart(deployment, "quarantine", "list", "--json").stdout)
               if r["reason"] == "bad_signature"]
     assert bad["tenant"] == "" and not bad["releasable"]
-    refused = rampart(deployment, "quarantine", "release", bad["id"], "--reason", "trust me")
+    refused = rampart(deployment, "quarantine", "release", bad["id"], "--reason", "trust me",
+                      "--operator-key", str(tmp_path / "sre1.key"), **listed)
     assert refused.returncode == 1 and "launder" in refused.stderr
 
 

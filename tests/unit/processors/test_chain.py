@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
+from dataclasses import replace
+from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -15,6 +17,7 @@ from processors.scrub import ScrubProcessor
 from processors.validate import ValidateProcessor
 from rampart.config import DedupConfig, ScrubConfig, ValidateConfig
 from rampart.keyring import KeyRing, generate_key
+from rampart.release import RELEASED_BY, ReleaseKeys, generate_operator_key, sign_release
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, PayloadFormat, Signal, decode, encode
 from tests.unit.processors.helpers import NOW, traces
@@ -199,3 +202,54 @@ def test_a_processor_quarantines_the_whole_input_untouched_with_an_audit_event()
     assert audit.topic == "t.audit" and event["event"] == "quarantined" and event["tenant"] == "acme"
     assert event["processor"] == "set-aside" and event["batch_id"] == decode(value).batch_id
     assert outcome.quarantine_reason == "forgery_suspected" and outcome.items_out == 0 and outcome.dropped == {}
+
+
+class _LetsReleasesThrough(Processor):
+    """Sets every batch aside unless an operator released it, as the forgery stage does."""
+
+    name = "set-aside"
+    honours_release = True
+
+    def __init__(self) -> None:
+        self.released_by: list[str | None] = []
+
+    def process(self, batch: Batch) -> Result:
+        self.released_by.append(batch.released_by)
+        result = Result()
+        if batch.released_by is None:
+            result.quarantine = Quarantine("forgery_suspected", "suspect", {})
+        return result
+
+
+def _released_envelope(tmp_path: Path, key_id: str, listed: bool) -> tuple[bytes, ReleaseKeys]:
+    key = generate_operator_key(str(tmp_path / f"{key_id}.key"), key_id)
+    other = generate_operator_key(str(tmp_path / f"{key_id}-listed.key"), key_id)
+    opened = decode(envelope(traces(2)))
+    attributes = {**opened.attributes, **sign_release(key, opened, reason="genuine", released_at="1",
+                                                      record_id="traces/0/1")}
+    value = encode(GATEWAY.sign(replace(opened, attributes=attributes, signature=b"")))
+    return value, ReleaseKeys({key_id: (key if listed else other).public_text()})
+
+
+def test_only_a_release_signed_by_a_listed_operator_key_lets_a_batch_through(tmp_path: Path) -> None:
+    value, keys = _released_envelope(tmp_path, "alice", listed=True)
+    processor = _LetsReleasesThrough()
+    c = StageChain(names=["set-aside"], processors=[processor], keyring=WORKER, topics=TOPICS,
+                   output_topic=TOPICS.clean, keying="gateway", output_partitions=lambda _s: 6, instance="test",
+                   release_keys=keys)
+    (out,) = c.handle(Signal.TRACES, value, b"k", "t.raw.traces/0/1").records
+    assert out.topic == "t.clean.traces" and processor.released_by == ["alice"]
+
+    # Signed with a service's envelope key (which any gateway or worker holds), but not by a listed
+    # operator key: quarantined before any processor sees it, with an audit event.
+    forged, keys = _released_envelope(tmp_path / "m", "alice", listed=False)
+    c = StageChain(names=["set-aside"], processors=[processor], keyring=WORKER, topics=TOPICS,
+                   output_topic=TOPICS.clean, keying="gateway", output_partitions=lambda _s: 6, instance="test",
+                   release_keys=keys)
+    outcome = c.handle(Signal.TRACES, forged, b"k", "t.raw.traces/0/2")
+    assert outcome.quarantine_reason == "bad_release" and processor.released_by == ["alice"]
+    assert [r.topic for r in outcome.records] == ["t.quarantine.traces", "t.audit"]
+
+    # A chain where nothing honours releases does not care: the attributes travel on.
+    (passed,) = chain().handle(Signal.TRACES, forged, b"k", "t.raw.traces/0/3").records
+    assert passed.topic == "t.clean.traces" and decode(passed.value).attributes[RELEASED_BY] == "alice"
