@@ -104,6 +104,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
+def infrastructure_pids() -> dict[str, list[int]]:
+    """Kafka's and Redis' processes as scripts/services started them (pid files), for their CPU share."""
+    out: dict[str, list[int]] = {}
+    for name in ("kafka", "redis"):
+        with contextlib.suppress(OSError, ValueError):
+            out[name] = [int((ROOT / ".cache" / "run" / f"{name}.pid").read_text().split()[0])]
+    return out
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat), to see how full the machine was."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / TICKS
+
+
 def _status_kb(pid: int, name: str) -> int:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -517,24 +532,47 @@ class DrainRun:
     peak_rss_mb: float
     complete: bool
     samples: int = 0
+    # Over the same window, in cores: what Kafka and Redis used, and everything the machine did.
+    kafka_cores: float = 0.0
+    redis_cores: float = 0.0
+    machine_cores: float = 0.0
+
+
+@dataclass
+class DrainWatch:
+    """What sample_drain saw between the first and the last progress: seconds, the side's CPU seconds,
+    spans, and the CPU seconds of Kafka, Redis and the whole machine."""
+
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    spans: int = 0
+    complete: bool = False
+    samples: int = 0
+    kafka_cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
+    machine_cpu_s: float = 0.0
 
 
 def sample_drain(side: str, pids: list[int], progress: Callable[[], int], total: int, timeout_s: float,
-                 interval_s: float = 0.1, stall_s: float = 20.0) -> tuple[float, float, int, bool, int]:
-    """Watch a drain: (seconds, CPU seconds, spans) between the first and the last progress seen,
-    so start-up before the first output and idle time after the last one are left out. Gives up
-    after ``timeout_s``, or ``stall_s`` without progress once output has started (then the run is
-    marked incomplete, and its rate and CPU are those of the part that did drain)."""
-    first: tuple[float, float, int] | None = None
-    last: tuple[float, float, int] | None = None
+                 interval_s: float = 0.1, stall_s: float = 20.0) -> DrainWatch:
+    """Watch a drain between the first and the last progress seen, so start-up before the first
+    output and idle time after the last one are left out. Gives up after ``timeout_s``, or
+    ``stall_s`` without progress once output has started (then the run is marked incomplete, and its
+    rate and CPU are those of the part that did drain)."""
+    infra = infrastructure_pids()
+    Point = tuple[float, float, int, float, float, float]  # time, side CPU, spans, kafka, redis, machine
+    first: Point | None = None
+    last: Point | None = None
     samples, deadline, last_said = 0, time.monotonic() + timeout_s, 0.0
     while time.monotonic() < deadline:
         now, cpu, done = time.perf_counter(), cpu_seconds(pids), progress()
+        point = (now, cpu, done, cpu_seconds(infra.get("kafka", [])), cpu_seconds(infra.get("redis", [])),
+                 machine_busy_s())
         samples += 1
         if done > 0 and first is None:
-            first = (now, cpu, done)
+            first = point
         if first is not None and (last is None or done > last[2]):
-            last = (now, cpu, done)
+            last = point
         if now - last_said > 5:
             say(f"    {side}: {done:,}/{total:,} spans")
             last_said = now
@@ -545,8 +583,9 @@ def sample_drain(side: str, pids: list[int], progress: Callable[[], int], total:
             break
         time.sleep(interval_s)
     if first is None or last is None or last[2] == first[2]:
-        return 0.0, 0.0, 0, False, samples
-    return last[0] - first[0], last[1] - first[1], last[2] - first[2], last[2] >= total, samples
+        return DrainWatch(samples=samples)
+    return DrainWatch(last[0] - first[0], last[1] - first[1], last[2] - first[2], last[2] >= total, samples,
+                      last[3] - first[3], last[4] - first[4], last[5] - first[5])
 
 
 def drain_rampart(side: str, workers: int, with_sink: bool, cpus: set[int], values: list[bytes], spans: int,
@@ -570,14 +609,13 @@ def drain_rampart(side: str, workers: int, with_sink: bool, cpus: set[int], valu
         preload(raw, signed)
         progress: Callable[[], int] = (lambda: counter.spans) if counter is not None else (
             lambda: worker_items(stage_workers))
-        seconds, cpu, done, complete, samples = sample_drain(side, pids, progress, total, timeout_s)
+        watch = sample_drain(side, pids, progress, total, timeout_s)
         rss = peak_rss_mb(pids)
     finally:
         deployment.stop_all()
         if counter is not None:
             counter.close()
-    return _drain_run(side, spans, traffic, len(values), total, len(pids), len(cpus), seconds, cpu, done, rss,
-                      complete, samples)
+    return _drain_run(side, spans, traffic, len(values), total, len(pids), len(cpus), watch, rss)
 
 
 def drain_peer(side: str, config: str, cpus: set[int], values: list[bytes], spans: int, traffic: str, tmp: Path,
@@ -599,28 +637,34 @@ def drain_peer(side: str, config: str, cpus: set[int], values: list[bytes], span
         with topic_records(output) as records:
             progress: Callable[[], int] = (lambda: counter.spans) if counter is not None else (
                 lambda: records() * spans)
-            seconds, cpu, done, complete, samples = sample_drain(side, [peer.pid], progress, total, timeout_s)
+            watch = sample_drain(side, [peer.pid], progress, total, timeout_s)
         rss = peak_rss_mb([peer.pid])
     finally:
         peer.stop()
         if counter is not None:
             counter.close()
         delete_topics([topic, output])
-    return _drain_run(side, spans, traffic, len(values), total, 1, len(cpus), seconds, cpu, done, rss, complete,
-                      samples)
+    return _drain_run(side, spans, traffic, len(values), total, 1, len(cpus), watch, rss)
 
 
 def _drain_run(side: str, spans: int, traffic: str, batches: int, total: int, processes: int, cpus: int,
-               seconds: float, cpu: float, done: int, rss: float, complete: bool, samples: int) -> DrainRun:
+               watch: DrainWatch, rss: float) -> DrainRun:
+    seconds, done = watch.seconds, watch.spans
+
+    def cores(cpu_s: float) -> float:
+        return round(cpu_s / seconds, 2) if seconds else 0.0
+
     run = DrainRun(side=side, spans_per_batch=spans, traffic=traffic, batches=batches, spans=total,
                    processes=processes, cpus=cpus, seconds=round(seconds, 2),
                    spans_per_s=round(done / seconds) if seconds else 0.0,
-                   cpu_s_per_million_spans=round(cpu / done * 1e6, 3) if done else 0.0,
-                   cpu_utilisation=round(cpu / seconds, 2) if seconds else 0.0, peak_rss_mb=round(rss, 1),
-                   complete=complete, samples=samples)
+                   cpu_s_per_million_spans=round(watch.cpu_s / done * 1e6, 3) if done else 0.0,
+                   cpu_utilisation=cores(watch.cpu_s), peak_rss_mb=round(rss, 1), complete=watch.complete,
+                   samples=watch.samples, kafka_cores=cores(watch.kafka_cpu_s), redis_cores=cores(watch.redis_cpu_s),
+                   machine_cores=cores(watch.machine_cpu_s))
     say(f"    {side}: {run.spans_per_s:,.0f} spans/s, {run.cpu_s_per_million_spans} CPU s/1M spans, "
-        f"CPU {run.cpu_utilisation:.0%} of {cpus} core(s), RSS {run.peak_rss_mb} MB"
-        f"{'' if complete else ' (INCOMPLETE)'}")
+        f"CPU {run.cpu_utilisation:.0%} of {cpus} core(s), RSS {run.peak_rss_mb} MB; meanwhile Kafka "
+        f"{run.kafka_cores:.0%}, Redis {run.redis_cores:.0%}, the machine {run.machine_cores:.0%} of a core"
+        f"{'' if watch.complete else ' (INCOMPLETE)'}")
     return run
 
 
@@ -722,6 +766,9 @@ def _side_summary(runs: list[DrainRun]) -> dict[str, Any]:
             "spans_per_s": _median([r.spans_per_s for r in runs if r.complete]),
             "cpu_s_per_million_spans": cpu, "spans_per_cpu_s": round(1e6 / cpu) if cpu else None,
             "cpu_utilisation": _median([r.cpu_utilisation for r in runs]),
+            "kafka_cores": _median([r.kafka_cores for r in runs]),
+            "redis_cores": _median([r.redis_cores for r in runs]),
+            "machine_cores": _median([r.machine_cores for r in runs]),
             "peak_rss_mb": _median([r.peak_rss_mb for r in runs]), "peak_rss_mb_max": max(r.peak_rss_mb for r in runs)}
 
 
@@ -820,15 +867,19 @@ def markdown(meta: dict[str, Any], gateway: list[dict[str, Any]], stages: list[d
               "by trace id, dedup marks in Redis). `peer-kafka`: kafka receiver -> redaction -> kafka exporter. "
               "`peer-otlp`: -> OTLP/HTTP exporter (gzip) to a span counter. `rampart-worker+sink`: worker and "
               "`rampart sink otlp` sharing the one core. "
-              "`x2` / `2 cores`: both cores.", "",
+              "`x2` / `2 cores`: both cores. Kafka, Redis and machine: the cores they (and everything running on "
+              "the machine) kept busy over the same window.", "",
               "| spans/batch | traffic | side | processes / cores | spans x runs | spans/s | CPU s / 1M spans | "
-              "spans per CPU-s | CPU used | peak RSS MB (per process) |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "spans per CPU-s | CPU used | Kafka / Redis / machine (cores) | peak RSS MB (per process) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in stages:
         for name, s in row["sides"].items():
             lines.append(f"| {row['spans_per_batch']} | {row['traffic']} | {name} | {s['processes']} / {s['cpus']} | "
                          f"{s['spans']:,} x {s['repeats']} | {_fmt(s['spans_per_s'])}"
                          f"{'' if s['complete'] else ' (incomplete)'} | {s['cpu_s_per_million_spans']} | "
-                         f"{_fmt(s['spans_per_cpu_s'])} | {s['cpu_utilisation']:.0%} | {s['peak_rss_mb']} |")
+                         f"{_fmt(s['spans_per_cpu_s'])} | {s['cpu_utilisation']:.0%} | "
+                         f"{s['kafka_cores']:.2f} / {s['redis_cores']:.2f} / {s['machine_cores']:.2f} | "
+                         f"{s['peak_rss_mb']} |")
     lines += ["", "## Ratios Rampart / peer and the goals of issue #9", "",
               "| what | load | Rampart / peer | goal |", "|---|---|---|---|"]
     for row in gateway:
