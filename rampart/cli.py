@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import getpass
 import json
@@ -14,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import redis
+import uvloop
 from confluent_kafka import KafkaException
 
 from ingest.apikeys import ApiKeyRegistry
@@ -264,7 +264,7 @@ def _add_pipeline_roles(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def _gateway(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
     _collect_garbage_less_often()
     try:
-        asyncio.run(run_gateway(config, env))
+        uvloop.run(run_gateway(config, env))  # libuv's loop: less CPU per request than asyncio's own
     except GatewayStartupError as exc:
         print(f"rampart gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
