@@ -25,11 +25,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from benchmarks.forgery import changepoints, report
 from benchmarks.forgery import scenario as scenarios
 from benchmarks.forgery.run import Simulation
+from benchmarks.forgery.split import SplitWorkers
 from benchmarks.forgery.traffic import make_tenants
 from processors.forgery import ForgeryProcessor
 from rampart.config import ForgeryConfig
@@ -64,15 +65,25 @@ def config_for(scale: Scale, tenants: list[Any]) -> ForgeryConfig:
     return ForgeryConfig(learning_s=scale.learning_s, allowed_new_services=allowed)
 
 
-def evaluate(scale: Scale, seed: int) -> tuple[dict[str, Any], Any, Any, ForgeryConfig]:
+def evaluate(scale: Scale, seed: int, split: str | None = None) -> tuple[dict[str, Any], Any, Any, ForgeryConfig]:
+    """One run; ``split`` ("shared" or "memory") screens each service in its own processor, as
+    tenant_service keying spreads them over workers, with or without the lineage index in Redis."""
     rng = random.Random(seed)
     tenants = make_tenants(scale.tenants, scale.principals, scale.roots_per_s, rng)
     scenario = scenarios.build(tenants, list(scale.kinds), scale.slot_s, scale.warm_s, scale.learning_s,
                                day_s=1800.0, rng=rng)
     config = config_for(scale, tenants)
-    processor = ForgeryProcessor(config)
-    outcome = Simulation(scenario, seed).run(processor)
+    if split is None:
+        outcome = Simulation(scenario, seed).run(ForgeryProcessor(config))
+    else:
+        workers = SplitWorkers(config, shared=split == "shared")
+        try:
+            outcome = Simulation(scenario, seed).run(cast(ForgeryProcessor, workers))
+        finally:
+            workers.close()
     summary = report.summarise(scenario, outcome, config.quarantine_threshold, config.annotate_threshold)
+    spans = max(outcome.spans.get("clean", 0), 1)
+    summary["cost"]["clean_wall_us_per_span"] = round(outcome.wall_ns.get("clean", 0) / spans / 1000, 2)
     return summary, scenario, outcome, config
 
 
@@ -98,25 +109,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--other-seed", type=int, help="also run this seed and report its goals beside")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--split", choices=("shared", "memory"),
+                        help="one processor per service (tenant_service keying), sharing the lineage index in "
+                             "the local Redis (shared) or not (memory); results get a -split-<mode> suffix")
     args = parser.parse_args(argv)
     if os.environ.get("PYTHONHASHSEED") != "0":
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         os.execve(sys.executable, [sys.executable, "-m", "benchmarks.forgery_eval", *sys.argv[1:]], env)  # noqa: S606
     scale = SCALES[args.scale or ("quick" if args.quick else "full")]
     started = time.monotonic()
-    summary, scenario, outcome, config = evaluate(scale, args.seed)
-    if scale.name != "tiny":
+    summary, scenario, outcome, config = evaluate(scale, args.seed, args.split)
+    if scale.name != "tiny" and args.split is None:
         summary["cost"]["larger_batches"] = cost_on_larger_batches(300.0 if scale.name == "full" else 150.0,
                                                                    60.0, args.seed)
         summary["goals"] = report.goals(summary)
         summary["change_points"] = changepoints.evaluate()
     if args.other_seed is not None:
-        other, _, _, _ = evaluate(scale, args.other_seed)
+        other, _, _, _ = evaluate(scale, args.other_seed, args.split)
         summary["other_seed"] = report.seed_digest(other, args.other_seed)
     wall = time.monotonic() - started
-    suffix = "" if scale.name == "full" else f"-{scale.name}"
+    suffix = ("" if scale.name == "full" else f"-{scale.name}") + (f"-split-{args.split}" if args.split else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    command = ".venv/bin/python -m benchmarks.forgery_eval" + (f" --scale {scale.name}" if suffix else "")
+    command = ".venv/bin/python -m benchmarks.forgery_eval" + (f" --scale {scale.name}" if scale.name != "full" else "")
+    if args.split:
+        command += f" --split {args.split}"
     if args.seed != 7:
         command += f" --seed {args.seed}"
     if args.other_seed is not None:

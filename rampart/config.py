@@ -326,6 +326,16 @@ class ForgeryConfig:
     lineage_sample_every: int = bounded(1, min=1, max=1024)
     lineage_half_life_s: float = bounded(20.0, min=1.0, max=86400.0)
     max_span_ids: int = bounded(500_000, min=1_000, max=100_000_000)
+    # Where the callers' span ids are looked up: "memory" (this worker's own; enough when one worker
+    # sees every span of a trace: trace_id keying or a single worker), "redis" (an index every worker
+    # writes to, under state.key_prefix, bounded by state.timeout_s), or "auto": "redis" with
+    # stages.keying tenant_service (a service's worker never sees its callers' spans), else "memory".
+    # In Redis, max_span_ids bounds each tenant's ids per orphan_wait_s bucket to a quarter of it.
+    lineage_index: Literal["auto", "memory", "redis"] = "auto"
+    # Shared index: a child is resolved only once every service of its tenant was screened past its due
+    # time (a worker lagging behind another must not make orphans); a service not screened for this long
+    # (envelope time) is taken as quiet, and a child still undecided this long after its due time is dropped.
+    lineage_max_lag_s: float = bounded(60.0, min=1.0, max=3600.0)
     # Metrics (reasons metric_outlier, metric_drift): a source's reading against its peers' median is
     # an outlier when metric_z of its usual scatter and metric_min_ratio times away; a drift when a
     # series' mean over metric_drift_s (well longer than a rolling deploy) is metric_drift_ratio times

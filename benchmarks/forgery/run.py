@@ -71,6 +71,7 @@ class Outcome:
     records: list[Record] = field(default_factory=list)
     samples: list[ServiceSample] = field(default_factory=list)
     cpu_ns: dict[str, int] = field(default_factory=dict)      # label -> processor CPU ns
+    wall_ns: dict[str, int] = field(default_factory=dict)     # label -> processor wall ns (Redis waits too)
     spans: dict[str, int] = field(default_factory=dict)       # label -> spans screened
     memory: dict[str, int] = field(default_factory=dict)
 
@@ -242,12 +243,13 @@ class Simulation:
                       received_at_ns=EPOCH_NS + int(emitted.received_s * NS))
         items = count_items(emitted.request, emitted.signal)
         traces = emitted.signal is Signal.TRACES
-        started = time.process_time_ns()
+        started, started_wall = time.process_time_ns(), time.perf_counter_ns()
         verdict = processor.screen(batch) if traces else processor.screen_metrics(batch)
         processor.act(batch, verdict)
         elapsed = time.process_time_ns() - started
         if traces:   # the cost per span is measured on trace batches
             outcome.cpu_ns[label] = outcome.cpu_ns.get(label, 0) + elapsed
+            outcome.wall_ns[label] = outcome.wall_ns.get(label, 0) + time.perf_counter_ns() - started_wall
             outcome.spans[label] = outcome.spans.get(label, 0) + items
         outcome.records.append(Record(emitted.received_s, emitted.tenant, emitted.principal, emitted.service, label,
                                       event.kind if event else "", event.id if event else -1, items, verdict.score,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from processors.forgery.sketches import BloomFilter, HyperLogLog
 
@@ -39,8 +40,7 @@ class _Key:
     batches: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class KeyVerdict:
+class KeyVerdict(NamedTuple):   # a NamedTuple: as immutable as a frozen dataclass, a third of its cost to make
     reason: str           # "" when nothing is wrong
     detail: str
     estimate: float
@@ -88,12 +88,10 @@ class CardinalityTracker:
         """Count a batch's distinct value hashes for one key; with ``judge``, say whether they break a rule."""
         state = self._key(key, now_s)
         current = state.current
-        for h in hashes:
-            current.add_hash(h)
+        current.add_hashes(hashes)
         estimate = current.estimate()
         bloom_usable = state.known.count < BLOOM_CAPACITY
-        known = state.known
-        fresh = frozenset(h for h in hashes if h not in known) if bloom_usable else frozenset()
+        fresh = state.known.missing(hashes) if bloom_usable else frozenset()
         novel = len(fresh)
         distinct = len(hashes)
         if not judge or state.batches < 8 or state.reference < 0:
@@ -119,11 +117,7 @@ class CardinalityTracker:
             state.novelty += _NOVELTY_EWMA * (fraction - state.novelty) if state.batches >= 8 else \
                 (fraction - state.novelty) / (state.batches + 1)
         state.batches += 1
-        known = state.known
-        for h in verdict.novel:
-            if known.count >= BLOOM_CAPACITY:
-                break
-            known.add(h)
+        state.known.add_hashes(verdict.novel, BLOOM_CAPACITY)
 
     # ------------------------------------------------------------------ snapshots (processors/forgery/state.py)
 

@@ -52,6 +52,9 @@ _MEDIAN_VARIANCE = math.pi / 2     # variance of a sample median, in sigma^2 / n
 # A histogram's mean or a sum's rate over fewer events than this is mostly counting noise: no reading.
 MIN_EVENTS = 10
 REFERENCE_REFRESH_S = 3600.0
+# A cumulative series' first point seen gives a reading only if the series started at most this long
+# before it (a process that just started); otherwise its previous point is needed.
+FIRST_INTERVAL_MAX_S = 120.0
 
 
 @dataclass(slots=True)
@@ -70,6 +73,22 @@ class _Source:
     frozen_spread: float = math.nan
     frozen_at: float = 0.0
     flagged_since_frozen: bool = False
+
+
+    def to_dict(self) -> dict[str, Any]:
+        """For a snapshot (processors/forgery/state.py); NaN (no frozen reference yet) as null."""
+        def number(x: float) -> float | None:
+            return None if math.isnan(x) else x
+        return {"latest": [self.latest, self.latest_s], "residual": self.residual.to_dict(),
+                "frozen": [number(self.frozen_center), number(self.frozen_spread), self.frozen_at,
+                           self.flagged_since_frozen]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> _Source:
+        center, spread, at, flagged = data["frozen"]
+        return cls(float(data["latest"][0]), float(data["latest"][1]), RobustZ.from_dict(data["residual"]),
+                   math.nan if center is None else float(center), math.nan if spread is None else float(spread),
+                   float(at), bool(flagged))
 
 
 @dataclass(slots=True)
@@ -136,7 +155,12 @@ def _reading(kind: str, point: Any, cumulative: bool, previous: OrderedDict[tupl
     previous[key] = _Point(now, count, total)
     previous.move_to_end(key)
     if last is None or last.time_ns < point.start_time_unix_nano:
-        # The series' first point (or the first after a restart): the interval since its start.
+        # The series' first point (or the first after a restart): the interval since its start, if
+        # that is recent. A series that started long ago and that this worker has not seen before (it
+        # restarted, or gained the service) would give its whole life's average: no reading until its
+        # next point.
+        if now - point.start_time_unix_nano > FIRST_INTERVAL_MAX_S * _NS:
+            return None
         last = _Point(point.start_time_unix_nano, 0.0, 0.0)
     d_count, d_total = count - last.count, total - last.total
     span_s = (now - last.time_ns) / _NS
@@ -253,6 +277,23 @@ class MetricScreen:
     def flagged(learn: list[tuple[_Source, float, float]]) -> None:
         for source, _, _ in learn:
             source.flagged_since_frozen = True
+
+    def export_service(self, tenant: str, service: str) -> list[list[Any]]:
+        """For a snapshot of one (tenant, service): each metric group's sources (latest reading, usual
+        residuals, frozen reference). Series' last points and drift windows are not kept: after a
+        restore each series gives a reading from its second point on, and a drift is judged once a
+        window has filled again."""
+        return [[name, [[principal, source.to_dict()] for principal, source in group.sources.items()]]
+                for (t, s, name), group in self.groups.items() if t == tenant and s == service]
+
+    def import_service(self, tenant: str, service: str, data: list[list[Any]]) -> None:
+        """Merge a snapshot: sources held here already are kept as they are (they are newer)."""
+        for name, sources in data:
+            group = self._group((tenant, service, str(name)))
+            for principal, source in sources:
+                if str(principal) not in group.sources:
+                    restored = _Source.from_dict(source)
+                    touch(group.sources, str(principal), lambda: restored, self._max_sources)  # noqa: B023
 
     def _group(self, key: tuple[str, str, str]) -> _Group:
         return touch(self.groups, key, _Group, self._max_groups)[0]

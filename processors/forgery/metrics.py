@@ -20,6 +20,7 @@ class ForgeryMetrics(NamedTuple):
     baseline_entries: Gauge
     state_bytes: Gauge
     snapshots: Counter
+    lineage_index: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ForgeryMetrics:
@@ -42,4 +43,9 @@ class ForgeryMetrics(NamedTuple):
                               "outcome: ok, missing (nothing saved yet), failed (Redis unreachable), invalid, "
                               "too_large, dropped (save queue full).", ["operation", "outcome"],
                               registry=registry),
+            lineage_index=Counter("rampart_forgery_lineage_index", "Exchanges with the lineage index shared "
+                                  "in Redis (tenant_service keying), by outcome: ok, failed (Redis unreachable or "
+                                  "slow), skipped (left alone after a failure); and span ids capped (a bucket was "
+                                  "full), and batches undecided (their parents could not be looked up).",
+                                  ["outcome"], registry=registry),
         )

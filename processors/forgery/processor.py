@@ -28,7 +28,8 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from statistics import median
 from typing import Any
 
@@ -38,11 +39,12 @@ from processors.base import Batch, Processor, Quarantine, Result
 from processors.forgery.baselines import BaselineStore, Group, Source
 from processors.forgery.cardinality import CardinalityTracker, KeyVerdict
 from processors.forgery.changes import cusum_step
-from processors.forgery.lineage import LineageTracker, SourceLineage, cell, sampled_id
+from processors.forgery.lineage import Calls, LineageTracker, SourceLineage, cell
 from processors.forgery.metric_peers import MetricScreen
 from processors.forgery.metrics import ForgeryMetrics
 from processors.forgery.replay import ReplayIndex, content_digest, sampled
 from processors.forgery.scoring import RankStats, combine, error_z, evidence, rank_stats
+from processors.forgery.shared_lineage import ParentIds, RedisParentIds, SharedIndex
 from processors.forgery.sketches import (
     INV_LOG_GAMMA,
     MAX_BUCKET,
@@ -51,23 +53,19 @@ from processors.forgery.sketches import (
     MIN_DURATION_NS,
     bucket_value_ns,
 )
-from processors.forgery.state import RedisSnapshots, SnapshotStore, StateKeeper
+from processors.forgery.state import RedisSnapshots, SnapshotStore, StateKeeper, stage_client
 from processors.otlp import count_items, resources
 from rampart.config import ForgeryConfig, RampartConfig
-from rampart.stores import redis_client
+from rampart.release import RELEASE_REASON
 from schemas.envelope import Signal
 
-__all__ = ["DROP_REASON", "INTEGRITY_REASONS", "INTEGRITY_SCORE", "RELEASED_BY", "RELEASE_REASON", "ForgeryProcessor",
-           "Verdict", "build"]
+__all__ = ["DROP_REASON", "INTEGRITY_REASONS", "INTEGRITY_SCORE", "ForgeryProcessor",
+           "Verdict", "build", "lineage_shared"]
 
 INTEGRITY_SCORE = "rampart.integrity.score"
 INTEGRITY_REASONS = "rampart.integrity.reasons"
 _INTEGRITY_PREFIX = "rampart.integrity."
 DROP_REASON = "forgery_suspected"    # the quarantine reason
-# Envelope attributes of an operator's release (rampart/quarantine.py). The envelope signature covers
-# them and the gateway builds every envelope's attributes itself, so no client can set them.
-RELEASED_BY = "rampart.released_by"
-RELEASE_REASON = "rampart.release_reason"
 # Estimated bytes per entry of each kind of state, measured with tracemalloc (docs/forgery.md, "Metrics"):
 # a group without its sources, a source (histogram, counters, four 64-value rings), a cardinality key
 # (HyperLogLog + Bloom filter), a replay digest, a principal's lag ring.
@@ -108,8 +106,8 @@ class _View:
     digests: list[int] = field(default_factory=list)
     lags_ns: list[int] = field(default_factory=list)
     durations: list[int] = field(default_factory=list)
-    span_ids: list[int] = field(default_factory=list)     # sampled span id hashes (lineage.py)
-    parents: list[tuple[str, int]] = field(default_factory=list)   # sampled: service, parent id hash
+    span_ids: list[bytes] = field(default_factory=list)     # sampled caller span ids (lineage.py)
+    parents: list[tuple[str, bytes]] = field(default_factory=list)   # sampled: service, parent span id
     server_parented: dict[str, int] = field(default_factory=dict)   # service -> SERVER spans with a parent
     calls: dict[str, int] = field(default_factory=dict)             # peer.service -> CLIENT spans naming it
     outside: int = 0
@@ -146,9 +144,11 @@ class Verdict:
 
 class ForgeryProcessor(Processor):
     name = "forgery"
+    honours_release = True
 
     def __init__(self, config: ForgeryConfig, snapshots: SnapshotStore | None = None, redis_prefix: str = "rampart",
-                 clock: Callable[[], float] = time.monotonic, background_saves: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, background_saves: bool = True,
+                 lineage_index: ParentIds | None = None) -> None:
         self._config = config
         self._clock = clock
         self._metrics: ForgeryMetrics | None = None
@@ -168,12 +168,19 @@ class ForgeryProcessor(Processor):
                                            max_groups=config.max_groups,
                                            max_sources_per_group=config.max_principals_per_group,
                                            max_series=config.max_metric_series)
+        # With a shared index (tenant_service keying) the parents are looked up in Redis, written by
+        # whichever worker screened the caller (shared_lineage.py); otherwise in this process.
+        shared = None if lineage_index is None else SharedIndex(
+            lineage_index, wait_s=config.orphan_wait_s, max_lag_s=config.lineage_max_lag_s,
+            sample_every=config.lineage_sample_every, max_ids=config.max_span_ids,
+            retry_after_s=config.state.retry_after_s, report=self._lineage_event, clock=clock)
         self._lineage = LineageTracker(wait_s=config.orphan_wait_s, half_life_s=config.lineage_half_life_s,
                                        sample_every=config.lineage_sample_every, max_ids=config.max_span_ids,
-                                       max_sources=config.max_groups)
+                                       max_sources=config.max_groups, shared=shared, report=self._lineage_event)
         self._keeper = None if snapshots is None else StateKeeper(
             config.state, snapshots, redis_prefix, self._store, self._cardinality, self._snapshot_event, clock,
-            background=background_saves, max_units=config.max_groups)
+            background=background_saves, max_units=config.max_groups, lineage=self._lineage,
+            metrics=self._metric_screen)
 
     # ------------------------------------------------------------------ contract
 
@@ -182,18 +189,13 @@ class ForgeryProcessor(Processor):
             result = Result()
             result.count("unscreened_batches")   # logs: not screened yet (docs/forgery.md)
             return result
-        if batch.attributes.get(RELEASED_BY):
+        if batch.released_by is not None:  # an operator's release, verified by the chain
             return self._released(batch)
-        if batch.signal is Signal.METRICS:
-            verdict = self.screen_metrics(batch)
-            result = self.act(batch, verdict)
-            self._observe(batch.tenant, verdict, result)
-            return result
         keeper = self._keeper
-        services = _services(batch.request) if keeper is not None else []
+        services = _services(batch.request, batch.signal) if keeper is not None else []
         if keeper is not None:
             keeper.prepare(batch.tenant, services, batch.received_at_ns / _NS)
-        verdict = self.screen(batch)
+        verdict = self.screen_metrics(batch) if batch.signal is Signal.METRICS else self.screen(batch)
         result = self.act(batch, verdict)
         if keeper is not None:
             keeper.touched(batch.tenant, services)
@@ -312,7 +314,7 @@ class ForgeryProcessor(Processor):
         if stripped:
             result.count("integrity_claims_removed", stripped)
         result.audit.append(("forgery_release_passed", {
-            "batch_id": batch.batch_id, "released_by": batch.attributes.get(RELEASED_BY, ""),
+            "batch_id": batch.batch_id, "released_by": batch.released_by or "",
             "release_reason": batch.attributes.get(RELEASE_REASON, "")}))
         if self._metrics is not None:
             self._metrics.actions.labels("released", batch.tenant).inc()
@@ -341,6 +343,10 @@ class ForgeryProcessor(Processor):
         if self._metrics is not None:
             self._metrics.snapshots.labels(operation, outcome).inc()
 
+    def _lineage_event(self, outcome: str, n: int) -> None:
+        if self._metrics is not None:
+            self._metrics.lineage_index.labels(outcome).inc(n)
+
     # ------------------------------------------------------------------ one pass over the batch
 
     def _extract(self, request: Any, now_ns: int) -> _View:  # noqa: PLR0915 - one loop: a call per span costs more
@@ -350,31 +356,34 @@ class ForgeryProcessor(Processor):
         lowest = now_ns - int(self._config.max_lag_s * _NS)
         highest = now_ns + int(self._config.max_lead_s * _NS)
         every = self._config.replay_sample_every
-        every_id = self._config.lineage_sample_every
+        every_id = self._lineage.local_sample_every
         span_ids, parents, calls, durations = view.span_ids, view.parents, view.calls, view.durations
         log, ceil = math.log, math.ceil
+        by_service: dict[str, dict[str, _Ops]] = {}   # service -> name -> its _Ops in ``ops`` (no tuple per span)
         outside = spans = 0
         for rs in request.resource_spans:
-            service = ""
-            for kv in rs.resource.attributes:
-                if kv.key == "service.name":
-                    service = kv.value.string_value
-                    break
+            resource = [(kv.key, kv.value.string_value) for kv in rs.resource.attributes]   # read once
+            service = next((value for key, value in resource if key == "service.name"), "")
             # Values per attribute key of this service (strings: they hash once, on insertion).
             values = view.values.setdefault(service, {})
-            for kv in rs.resource.attributes:
-                if kv.value.string_value:
-                    values.setdefault(kv.key, set()).add(kv.value.string_value)
+            for key, value in resource:
+                if value:
+                    values.setdefault(key, set()).add(value)
+            named = by_service.get(service)
+            if named is None:
+                named = by_service[service] = {}
             parented = 0
             for ss in rs.scope_spans:
-                for span in ss.spans:
+                scope_spans = ss.spans
+                spans += len(scope_spans)
+                for span in scope_spans:
                     start, end = span.start_time_unix_nano, span.end_time_unix_nano
                     duration = end - start
                     durations.append(duration)
                     name = span.name
-                    op = ops.get((service, name))
+                    op = named.get(name)
                     if op is None:
-                        op = ops[(service, name)] = _Ops()
+                        op = named[name] = ops[(service, name)] = _Ops()
                     bucket = MIN_BUCKET if duration <= MIN_DURATION_NS else MAX_BUCKET if duration >= \
                         MAX_DURATION_NS else ceil(log(duration) * INV_LOG_GAMMA)
                     counts = op.counts
@@ -391,36 +400,35 @@ class ForgeryProcessor(Processor):
                     kind = span.kind
                     client = kind == _CLIENT
                     if client or kind == _PRODUCER:
-                        h = hash(span.span_id)
-                        if sampled_id(h, every_id):
-                            span_ids.append(h)
-                    elif kind in (_SERVER, _CONSUMER) and span.parent_span_id:
+                        sid = span.span_id
+                        if every_id <= 1 or hash(sid) % every_id == 0:
+                            span_ids.append(sid)
+                    elif kind in (_SERVER, _CONSUMER) and (sid := span.parent_span_id):
                         parented += kind == _SERVER
-                        h = hash(span.parent_span_id)
-                        if sampled_id(h, every_id):
-                            parents.append((service, h))
+                        if every_id <= 1 or hash(sid) % every_id == 0:
+                            parents.append((service, sid))
                     lags.append(now_ns - end)
                     if end < lowest or end > highest:
                         outside += 1
                     # Replay digests for 1 in `every` spans, chosen by duration (see replay.py).
                     parts: list[tuple[str, Any]] | None = [] if sampled(duration, every) else None
                     for kv in span.attributes:
+                        key = kv.key   # a new str at each read, hashed anew: read it once
                         value = kv.value.string_value
                         if value:
-                            if client and kv.key == "peer.service":
+                            if client and key == "peer.service":
                                 calls[value] = calls.get(value, 0) + 1
-                            found = values.get(kv.key)
+                            found = values.get(key)
                             if found is None:
-                                values[kv.key] = {value}
+                                values[key] = {value}
                             else:
                                 found.add(value)
                             if parts is not None:
-                                parts.append((kv.key, value))
+                                parts.append((key, value))
                         elif parts is not None:
-                            parts.append((kv.key, kv.value.SerializeToString()))
+                            parts.append((key, kv.value.SerializeToString()))
                     if parts is not None:
-                        digests.append(content_digest(span, service, name, duration, status, parts))
-                    spans += 1
+                        digests.append(content_digest(span, service, name, kind, duration, status, parts))
             if parented:
                 view.server_parented[service] = view.server_parented.get(service, 0) + parented
         view.outside, view.spans = outside, spans
@@ -505,7 +513,8 @@ class ForgeryProcessor(Processor):
             if s.latency is not None:
                 by_service.setdefault(s.key[1], []).append(s)
         config = self._config
-        best, best_reason, best_code = 0.0, "", ""
+        best, best_code = 0.0, ""
+        best_reason: str | Callable[[], str] = ""
         for service, parts in by_service.items():
             # Stouffer's combination weighted by span counts for the content evidence; the volume
             # evidence of the operations is one and the same flood, so it is averaged, not added.
@@ -518,8 +527,9 @@ class ForgeryProcessor(Processor):
             e_volume = evidence(volume, config.volume_z)
             mask = combine(evidence(latency, config.latency_z), e_volume)
             if mask > best:
+                # The reason is written only for the batch's final best, and only if it is reported.
                 best, best_code = mask, "latency_masking"
-                best_reason = self._latency_reason(service, parts, latency, volume, now)
+                best_reason = partial(self._latency_reason, service, parts, latency, volume, now)
             with_errors = [p for p in parts if p.fewer_errors is not None]
             if with_errors:
                 n_err = sum(p.ops.n for p in with_errors)
@@ -532,7 +542,7 @@ class ForgeryProcessor(Processor):
                                    f"ratio predicts (z {fewer:.1f}); share of volume above usual (z {volume:.1f})")
         if best >= config.annotate_threshold:
             verdict.codes.append(best_code)
-            verdict.reasons.append(best_reason)
+            verdict.reasons.append(best_reason if isinstance(best_reason, str) else best_reason())
         verdict.score = max(verdict.score, best)
         return scored
 
@@ -637,8 +647,10 @@ class ForgeryProcessor(Processor):
         orphans: ``orphan_spans`` when the source's batches lately had no caller more often than its
         peers' and this batch looks like them."""
         lineage, store = self._lineage, self._store
-        lineage.resolve(now)
-        lineage.remember(view.span_ids, now)
+        # Services a batch flags as new do not advance the tenant's watermarks (shared_lineage.py).
+        lineage.begin(tenant, [] if "new_service" in verdict.codes else list({s for s, _ in view.ops}),
+                      view.span_ids, [h for _, h in view.parents] if judged else [], now,
+                      Calls.of(principal, view.calls, view.server_parented) if lineage.shared else None)
         cdfs: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
         recent_errors: dict[str, list[float]] = {}   # service -> everyone's recent [error spans, spans]
         for service, name in view.ops:
@@ -657,7 +669,7 @@ class ForgeryProcessor(Processor):
             # recovering), fast says nothing: the spans are placed by their errors only.
             if own is None or _common_mode(group, own, now) <= COMMON_MODE_CELLS:
                 cdfs[(service, name)] = group.latency_cdf(now)
-        checks: dict[str, list[int]] = {}
+        checks: dict[str, list[bytes]] = {}
         for service, h in view.parents:
             checks.setdefault(service, []).append(h)
         best, best_reason = 0.0, ""
@@ -792,10 +804,10 @@ def _strip_integrity_claims(batch: Batch) -> int:
     return removed
 
 
-def _services(request: Any) -> list[str]:
-    """The batch's service names (one look at each resource, not at its spans)."""
+def _services(request: Any, signal: Signal) -> list[str]:
+    """The batch's service names (one look at each resource, not at its spans or points)."""
     services: dict[str, None] = {}
-    for rs in request.resource_spans:
+    for rs in resources(request, signal):
         service = ""
         for kv in rs.resource.attributes:
             if kv.key == "service.name":
@@ -808,9 +820,19 @@ def _services(request: Any) -> list[str]:
 def build(config: RampartConfig, env: Mapping[str, str]) -> Processor:
     """The factory processors/registry.py lists as the built-in ``forgery``."""
     state = config.forgery.state
-    if not state.enabled:
+    shared = lineage_shared(config)
+    if not state.enabled and not shared:
         return ForgeryProcessor(config.forgery)
-    # Its own Redis client, with the stage's short timeout: a slow Redis must not hold a batch up.
-    redis_config = replace(config, redis=replace(config.redis, socket_timeout_s=state.timeout_s))
-    return ForgeryProcessor(config.forgery, RedisSnapshots(redis_client(redis_config)), config.redis.key_prefix)
+    # Its own Redis client, with the stage's short timeout and no retries: a slow Redis must not hold a batch up.
+    client = stage_client(config)
+    index = RedisParentIds(client, f"{config.redis.key_prefix}:{state.key_prefix}:lineage:v1:") if shared else None
+    return ForgeryProcessor(config.forgery, RedisSnapshots(client) if state.enabled else None,
+                            config.redis.key_prefix, lineage_index=index)
+
+
+def lineage_shared(config: RampartConfig) -> bool:
+    """Whether the lineage index is shared through Redis: ``forgery.lineage_index``, where ``auto``
+    follows ``stages.keying`` (with tenant_service keying no worker sees both sides of a call)."""
+    mode = config.forgery.lineage_index
+    return mode == "redis" or (mode == "auto" and config.stages.keying == "tenant_service")
 

@@ -35,17 +35,19 @@ def sampled(duration_ns: int, sample_every: int) -> bool:
     return (((duration_ns * _GOLDEN) & _MASK64) >> 40) % sample_every == 0
 
 
-def content_digest(span: Span, service: str, name: str, duration_ns: int, status: Status,
+def content_digest(span: Span, service: str, name: str, kind: int, duration_ns: int, status: Status,
                    attributes: list[tuple[str, Any]]) -> int:
     """A digest of what the span says, without what a replayer would re-stamp (trace, span and
     parent ids, start and end): service, name, kind, status, attributes (as the caller read them,
-    in order), whether it has a parent, its duration, and its events relative to its start."""
+    in order), whether it has a parent, its duration, and its events relative to its start. The
+    caller passes what it already read of the span (name, kind, status): each read costs."""
     events: tuple[Any, ...] = ()
-    if span.events:
+    span_events = span.events
+    if span_events:
         start = span.start_time_unix_nano
         events = tuple((e.name, e.time_unix_nano - start, e.SerializeToString(deterministic=True))
-                       for e in span.events)
-    return hash((service, name, span.kind, status.code, status.message, tuple(attributes),
+                       for e in span_events)
+    return hash((service, name, kind, status.code, status.message, tuple(attributes),
                  bool(span.parent_span_id), duration_ns, events, len(span.links)))
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from statistics import median
+from collections.abc import Iterable
+from itertools import accumulate
+from statistics import StatisticsError
 from typing import Any
 
 __all__ = ["BloomFilter", "DecayedCount", "DecayedHistogram", "HyperLogLog", "RobustZ", "bucket_index", "cumulative"]
@@ -54,17 +56,17 @@ class _Decay:
     """Forward decay (Cormode et al., 2009): an update at time t adds w(t) = 2^((t - t0) / h); a read at
     time now divides by w(now). Updates are O(1); nothing is swept when time passes."""
 
-    __slots__ = ("_inv_h", "t0")
+    __slots__ = ("inv_h", "t0")
 
     def __init__(self, half_life_s: float, now_s: float) -> None:
-        self._inv_h = 1.0 / half_life_s
+        self.inv_h = 1.0 / half_life_s
         self.t0 = now_s
 
     def weight(self, now_s: float) -> float:
-        return math.exp2((now_s - self.t0) * self._inv_h)
+        return math.exp2((now_s - self.t0) * self.inv_h)
 
     def needs_rebase(self, now_s: float) -> bool:
-        return (now_s - self.t0) * self._inv_h > _REBASE_EXPONENT
+        return (now_s - self.t0) * self.inv_h > _REBASE_EXPONENT
 
 
 class DecayedCount:
@@ -76,14 +78,20 @@ class DecayedCount:
         self._decay = _Decay(half_life_s, now_s)
         self._value = 0.0
 
+    # add and value inline _Decay's weight and needs_rebase (the same expressions): they run a few dozen
+    # times per batch.
     def add(self, amount: float, now_s: float) -> None:
-        if self._decay.needs_rebase(now_s):
-            self._value /= self._decay.weight(now_s)
-            self._decay.t0 = now_s
-        self._value += amount * self._decay.weight(now_s)
+        decay = self._decay
+        exponent = (now_s - decay.t0) * decay.inv_h
+        if exponent > _REBASE_EXPONENT:
+            self._value /= math.exp2(exponent)
+            decay.t0 = now_s
+            exponent = (now_s - decay.t0) * decay.inv_h
+        self._value += amount * math.exp2(exponent)
 
     def value(self, now_s: float) -> float:
-        return self._value / self._decay.weight(now_s)
+        decay = self._decay
+        return self._value / math.exp2((now_s - decay.t0) * decay.inv_h)
 
     def to_dict(self) -> list[float]:
         """Compact state for a snapshot (processors/forgery/state.py); the half-life comes from the config."""
@@ -129,10 +137,12 @@ class DecayedHistogram:
 
     def scale(self, now_s: float) -> float:
         """Multiply stored values by this to get their weight as of ``now_s``."""
-        return 1.0 / self._decay.weight(now_s)
+        decay = self._decay
+        return 1.0 / math.exp2((now_s - decay.t0) * decay.inv_h)
 
     def weight_now(self, now_s: float) -> float:
-        return self.total * self.scale(now_s)
+        decay = self._decay
+        return self.total * (1.0 / math.exp2((now_s - decay.t0) * decay.inv_h))
 
     def quantile(self, q: float, now_s: float) -> float:
         """The q-quantile in nanoseconds (within ALPHA relative error of the data it holds); 0 when empty."""
@@ -168,14 +178,10 @@ def cumulative(histogram: DecayedHistogram, now_s: float) -> tuple[list[int], li
     """The histogram's distribution as (sorted bucket indices, cumulative weight at and below each),
     in weights as of ``now_s``."""
     scale = histogram.scale(now_s)
-    indices = sorted(histogram.buckets)
-    running = 0.0
-    totals: list[float] = []
     buckets = histogram.buckets
-    for index in indices:
-        running += buckets[index] * scale
-        totals.append(running)
-    return indices, totals
+    indices = sorted(buckets)
+    # A running sum from 0.0, in index order: the same additions as a loop, done in C.
+    return indices, list(accumulate([buckets[index] * scale for index in indices], initial=0.0))[1:]
 
 
 class HyperLogLog:
@@ -206,6 +212,23 @@ class HyperLogLog:
         if old == 0:
             self._zeros -= 1
         return True
+
+    def add_hashes(self, hashes: Iterable[int]) -> None:
+        """``add_hash`` for each of ``hashes``, in order (one call per batch instead of one per value)."""
+        registers, p, mask = self._registers, self._p, self._m - 1
+        width = 64 - self._p + 1
+        inv_sum, zeros = self._inv_sum, self._zeros
+        for value in hashes:
+            h = value & 0xFFFF_FFFF_FFFF_FFFF
+            index = h & mask
+            rank = width - (h >> p).bit_length()
+            old = registers[index]
+            if rank > old:
+                registers[index] = rank
+                inv_sum += 2.0 ** -rank - 2.0 ** -old
+                if old == 0:
+                    zeros -= 1
+        self._inv_sum, self._zeros = inv_sum, zeros
 
     def estimate(self) -> float:
         raw = self._alpha_mm / self._inv_sum
@@ -242,6 +265,34 @@ class BloomFilter:
             bits[p >> 3] |= 1 << (p & 7)
         self.count += 1
 
+    def missing(self, hashes: Iterable[int]) -> frozenset[int]:
+        """The hashes not (probably) held: ``h not in self`` for each, in one call."""
+        bits, m, probes = self._bits, self._m, range(self._k)
+        out = []
+        for h in hashes:
+            p, step = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
+            for _ in probes:   # the same probes as __contains__: (h1 + i * h2) % m
+                q = p % m
+                if not bits[q >> 3] & (1 << (q & 7)):
+                    out.append(h)
+                    break
+                p += step
+        return frozenset(out)
+
+    def add_hashes(self, hashes: Iterable[int], limit: int) -> None:
+        """``add`` each of ``hashes`` in order while fewer than ``limit`` values were added."""
+        bits, m, probes = self._bits, self._m, range(self._k)
+        count = self.count
+        for h in hashes:
+            if count >= limit:
+                break
+            h1, h2 = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
+            for i in probes:
+                p = (h1 + i * h2) % m
+                bits[p >> 3] |= 1 << (p & 7)
+            count += 1
+        self.count = count
+
 
 class RobustZ:
     """Robust z-score of a value against the last ``size`` accepted values of the same series:
@@ -264,9 +315,17 @@ class RobustZ:
             self._refresh()
 
     def _refresh(self) -> None:
+        # statistics.median's own arithmetic (middle value, or the mean of the two middle ones) on one
+        # sort each, without its per-call overhead: this runs for every source of every accepted batch.
         self._since = 0
-        self._median = median(self.values)
-        self._mad = median(abs(v - self._median) for v in self.values)
+        ordered = sorted(self.values)
+        n = len(ordered)
+        if not n:
+            raise StatisticsError("no median for empty data")
+        i = n // 2
+        center = self._median = ordered[i] if n % 2 else (ordered[i - 1] + ordered[i]) / 2
+        deviations = sorted([abs(v - center) for v in ordered])
+        self._mad = deviations[i] if n % 2 else (deviations[i - 1] + deviations[i]) / 2
 
     def __len__(self) -> int:
         return len(self.values)

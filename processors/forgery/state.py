@@ -4,7 +4,9 @@ What is kept, and where (``<redis.key_prefix>:<forgery.state.key_prefix>:v1:...`
 
 - ``t:<tenant>``: when the tenant was first seen (its learning period) and its principals' timing;
 - ``s:<tenant>/<service>``: every (service, span name) group with its sources, the service's span
-  names, the principals known to report it, and its attribute keys' cardinality references.
+  names, the principals known to report it, its attribute keys' cardinality references, its
+  lineage (each source's orphan and caller/callee counts, the peers' orphaned batches) and its metric
+  groups (each source's latest reading, usual residuals and frozen reference).
 
 The unit is the (tenant, service) because that is how ``stages.keying: tenant_service`` spreads traffic
 over partitions: after a rebalance, the worker that first sees a (tenant, service) loads its snapshot
@@ -33,17 +35,24 @@ import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from processors.forgery.baselines import BaselineStore
 from processors.forgery.cardinality import CardinalityTracker
-from rampart.config import ForgeryStateConfig
+from processors.forgery.lineage import LineageTracker
+from processors.forgery.metric_peers import MetricScreen
+from rampart.config import ForgeryStateConfig, RampartConfig
+from rampart.stores import redis_client
 
-__all__ = ["VERSION", "InMemorySnapshots", "RedisSnapshots", "SnapshotStore", "StateKeeper", "decode", "encode"]
+__all__ = ["VERSION", "InMemorySnapshots", "RedisSnapshots", "SnapshotStore", "StateKeeper", "decode", "encode",
+           "stage_client"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,15 @@ VERSION = b"RFS1"
 _MAX_PENDING_SAVES = 64
 
 Report = Callable[[str, str], None]   # (operation "save" | "load", outcome)
+
+
+def stage_client(config: RampartConfig) -> redis.Redis:
+    """The forgery stage's own Redis client: every call waits at most ``forgery.state.timeout_s`` and is
+    not retried (redis-py 8 retries a timed-out call ten times by default, which would hold a batch up
+    for seconds); the stage retries by itself, after ``retry_after_s``."""
+    client = redis_client(replace(config, redis=replace(config.redis, socket_timeout_s=config.forgery.state.timeout_s)))
+    client.set_retry(Retry(NoBackoff(), 0))
+    return client
 
 
 class SnapshotUnavailable(Exception):
@@ -129,12 +147,15 @@ class StateKeeper:
     def __init__(self, config: ForgeryStateConfig, store: SnapshotStore, redis_prefix: str,
                  baselines: BaselineStore, cardinality: CardinalityTracker, report: Report,
                  clock: Callable[[], float] = time.monotonic, background: bool = True,
-                 max_units: int = 20_000) -> None:
+                 max_units: int = 20_000, lineage: LineageTracker | None = None,
+                 metrics: MetricScreen | None = None) -> None:
         self._config = config
         self._store = store
         self._prefix = f"{redis_prefix}:{config.key_prefix}:v1:"
         self._baselines = baselines
         self._cardinality = cardinality
+        self._lineage = lineage
+        self._metrics = metrics
         self._report = report
         self._clock = clock
         # Units are (tenant, None) or (tenant, service). Each table holds at most max_units, least
@@ -264,7 +285,13 @@ class StateKeeper:
             # No principal was ever accepted reporting it (e.g. invented names, all flagged new_service):
             # nothing worth keeping, and not saving it keeps such names from filling Redis.
             return None
-        return {"baselines": baselines, "cardinality": self._cardinality.export_service(tenant, service)}
+        data: dict[str, Any] = {"baselines": baselines,
+                                "cardinality": self._cardinality.export_service(tenant, service)}
+        if self._lineage is not None:
+            data["lineage"] = self._lineage.export_service(tenant, service)
+        if self._metrics is not None:
+            data["metrics"] = self._metrics.export_service(tenant, service)
+        return data
 
     def _import(self, unit: tuple[str, str | None], data: dict[str, Any], now_s: float) -> None:
         tenant, service = unit
@@ -273,6 +300,10 @@ class StateKeeper:
             return
         self._baselines.import_service(tenant, service, data["baselines"], now_s)
         self._cardinality.import_service(tenant, service, data["cardinality"], now_s)
+        if self._lineage is not None and "lineage" in data:   # snapshots saved before lineage had none
+            self._lineage.import_service(tenant, service, data["lineage"])
+        if self._metrics is not None and "metrics" in data:
+            self._metrics.import_service(tenant, service, data["metrics"])
 
     def _failed(self, operation: str, exc: Exception) -> None:
         self._down_until = self._clock() + self._config.retry_after_s

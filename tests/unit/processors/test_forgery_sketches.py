@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processors.forgery.replay import ReplayIndex, sampled
 from processors.forgery.scoring import combine, error_z, evidence, rank_stats
@@ -83,6 +86,39 @@ def test_bloom_filter_has_no_false_negatives_and_few_false_positives() -> None:
     assert all(hash(f"in-{i}") in bloom for i in range(3_000))
     false_positives = sum(hash(f"out-{i}") in bloom for i in range(10_000))
     assert false_positives < 200   # < 2 %
+
+
+@given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=300), st.integers(0, 400))
+def test_bulk_sketch_updates_equal_one_at_a_time(hashes: list[int], limit: int) -> None:
+    one, bulk = HyperLogLog(), HyperLogLog()
+    for h in hashes:
+        one.add_hash(h)
+    bulk.add_hashes(hashes)
+    assert bulk.estimate() == one.estimate()   # the same registers, the same float sums in the same order
+    known, other = BloomFilter(bits=4096), BloomFilter(bits=4096)
+    for h in hashes[: len(hashes) // 2]:
+        known.add(h)
+    assert known.missing(hashes) == frozenset(h for h in hashes if h not in known)
+    for h in hashes:
+        if other.count >= limit:
+            break
+        other.add(h)
+    bulk_bloom = BloomFilter(bits=4096)
+    bulk_bloom.add_hashes(hashes, limit)
+    assert bulk_bloom.count == other.count
+    assert all((h in bulk_bloom) == (h in other) for h in hashes)
+
+
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=90))
+def test_robust_z_center_and_spread_are_statistics_median_and_mad(values: list[float]) -> None:
+    if len(values) > 16:   # it refreshes on each of the first 16 additions, then on every 8th: end on one
+        values = values[: 16 + 8 * ((len(values) - 16) // 8)]
+    series = RobustZ(size=64, floor=0.0)
+    for x in values:
+        series.add(x)
+    kept = values[-64:]
+    assert series.center == statistics.median(kept)
+    assert series.spread == 1.4826 * statistics.median(abs(v - statistics.median(kept)) for v in kept)
 
 
 def test_robust_z_uses_median_and_mad() -> None:

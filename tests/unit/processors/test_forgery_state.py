@@ -15,6 +15,8 @@ from processors.forgery.state import InMemorySnapshots, decode, encode
 from rampart.config import ForgeryConfig, ForgeryStateConfig
 from schemas.envelope import Signal
 from tests.unit.processors.test_forgery import NS, PRINCIPALS, T0, latencies, request
+from tests.unit.processors.test_forgery_lineage import SERVER, linked
+from tests.unit.processors.test_forgery_metrics import metrics_request
 
 CONFIG = ForgeryConfig(learning_s=60.0, state=ForgeryStateConfig(snapshot_interval_s=10.0, retry_after_s=30.0))
 
@@ -187,3 +189,68 @@ def test_the_encoding_is_versioned_and_round_trips() -> None:
     assert value.startswith(b"RFS1") and decode(value) == data
     with pytest.raises(ValueError, match="RFS1"):
         decode(b"{}")
+
+
+def test_a_restarted_worker_gets_its_lineage_back_and_flags_the_next_fake_at_once() -> None:
+    store, clock, rng = InMemorySnapshots(), Clock(), random.Random(5)
+
+    def send(processor: ForgeryProcessor, principal: str, req: object, now_s: float) -> Result:
+        return processor.process(Batch(signal=Signal.TRACES, request=req, batch_id=f"{principal}-{now_s}-{id(req)}",
+                                       tenant="acme", principal=principal, received_at_ns=int(now_s * NS)))
+
+    def rounds(processor: ForgeryProcessor, start: float, seconds: float, fakes: bool) -> list[Result]:
+        out, t = [], start
+        while t < start + seconds:
+            for i, principal in enumerate(PRINCIPALS):
+                caller, callee = linked(rng, t + i, 20, 20)
+                send(processor, principal, caller, t + i)
+                send(processor, principal, callee, t + i + 0.5)
+            if fakes:
+                fake = request("cart", [rng.lognormvariate(2.0, 0.3) for _ in range(4)], now_s=t + 2.5, rng=rng)
+                for span in fake.resource_spans[0].scope_spans[0].spans:
+                    span.kind = SERVER
+                out.append(send(processor, "k0", fake, t + 2.5))
+            clock.now += 5
+            t += 5
+        return out
+
+    first = make(store, clock)
+    rounds(first, T0, 240, fakes=False)
+    caught = rounds(first, T0 + 240, 60, fakes=True)
+    assert caught[-1].quarantine is not None
+    first.close()
+    assert "lineage" in decode(store.values["test:forgery:v1:s:acme/cart"])
+
+    restarted = make(store, clock)
+    after = rounds(restarted, T0 + 300, 10, fakes=True)
+    # Its orphan counts came back with the snapshot: no orphan_wait_s before the first fake is caught.
+    assert after[0].quarantine is not None and "orphan_spans" in after[0].quarantine.fields["reasons"]
+
+
+def test_a_restarted_worker_gets_its_metric_references_back() -> None:
+    store, clock, rng = InMemorySnapshots(), Clock(), random.Random(7)
+
+    def export(processor: ForgeryProcessor, principal: str, now_s: float, cpu: float) -> Result:
+        req = metrics_request(now_s, cpu * rng.lognormvariate(0, 0.05), int((now_s - T0) * 50))
+        return processor.process(Batch(signal=Signal.METRICS, request=req, batch_id=f"m-{principal}-{now_s}",
+                                       tenant="acme", principal=principal, received_at_ns=int(now_s * NS)))
+
+    first = make(store, clock)
+    for i, principal in enumerate(PRINCIPALS):
+        process(first, principal, "cart", T0 + i, rng)   # cart has accepted reporters: its snapshot is kept
+    t = T0
+    while t < T0 + 600:   # 60 readings per source: references frozen after 48
+        for i, principal in enumerate(PRINCIPALS):
+            export(first, principal, t + i, 0.4)
+        clock.now += 10
+        t += 10
+    first.close()
+    assert decode(store.values["test:forgery:v1:s:acme/cart"])["metrics"]
+
+    restarted = make(store, clock)
+    # Genuine exports right after the restart pass (a cumulative series' first point, averaging its
+    # whole life, gives no reading); an outlier is judged at once against the restored references,
+    # where a worker starting empty would need 16 batches of the source first.
+    assert all(export(restarted, p, t + i, 0.4).quarantine is None for i, p in enumerate(PRINCIPALS[1:], 1))
+    outlier = export(restarted, "k0", t + 5, 4.0)
+    assert outlier.quarantine is not None and "metric_outlier" in outlier.quarantine.fields["reasons"]
