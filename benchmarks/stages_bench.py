@@ -31,7 +31,7 @@ from pathlib import Path
 import redis
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from benchmarks.otlp_load import trace_request
+from benchmarks.otlp_load import SERVICES, trace_request
 from processors.base import Processor
 from processors.chain import StageChain
 from processors.dedup import DedupProcessor, RedisMarks
@@ -61,6 +61,7 @@ class Row:
     spans_per_s_per_core: float
     cpu_s_per_million_spans: float
     fast_path_batches: int = 0
+    quarantined_batches: int = 0
 
 
 def requests(spans: int, count: int, traffic: str, seed: int) -> list[ExportTraceServiceRequest]:
@@ -92,12 +93,14 @@ def envelopes(reqs: list[ExportTraceServiceRequest], ring: KeyRing, received_at_
             for r in reqs]
 
 
-def measure(chain: StageChain, values: list[bytes]) -> tuple[float, int]:
-    """CPU seconds to handle ``values``, and how many took the fast path."""
-    started, fast = time.process_time(), 0
+def measure(chain: StageChain, values: list[bytes]) -> tuple[float, int, int]:
+    """CPU seconds to handle ``values``, how many took the fast path and how many were quarantined."""
+    started, fast, quarantined = time.process_time(), 0, 0
     for value in values:
-        fast += chain.handle(Signal.TRACES, value, None, "bench").fast_path_batches
-    return time.process_time() - started, fast
+        outcome = chain.handle(Signal.TRACES, value, None, "bench")
+        fast += outcome.fast_path_batches
+        quarantined += outcome.quarantine_reason is not None
+    return time.process_time() - started, fast, quarantined
 
 
 def profile(chain: StageChain, values: list[bytes]) -> str:
@@ -155,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
                 ("scrub", [ScrubProcessor(ScrubConfig(), {})], False, False, "gateway"),
                 ("dedup (Redis)", [dedup()], False, False, "gateway"),
                 # One principal sends everything here, so there are no peers to score against: this is
-                # mostly the cost of the hard rules, the sketches and the lineage index.
+                # mostly the cost of the hard rules, the sketches and the lineage index. Its services are
+                # allow-listed, so clean batches pass and teach, as they do past learning (without it
+                # every batch would be a new service: flagged, quarantined, teaching nothing).
                 ("forgery (past learning, Redis snapshots)",
-                 [ForgeryProcessor(ForgeryConfig(learning_s=0.0), RedisSnapshots(client),
-                                   f"bench-{uuid.uuid4().hex[:8]}")], False, False, "gateway"),
+                 [ForgeryProcessor(ForgeryConfig(learning_s=0.0, allowed_new_services={"bench/k": tuple(SERVICES)}),
+                                   RedisSnapshots(client), f"bench-{uuid.uuid4().hex[:8]}")], False, False,
+                 "gateway"),
             ] if traffic != CLEAN_URLS else []
             stages += [
                 (FUSED, fused(), False, False, "gateway"),
@@ -170,12 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                 c = chain([p.name for p in processors] or ["none"], processors, with_encryption, fast, keying)
                 inputs = encrypted if with_encryption else values
                 measure(c, inputs[:2])  # warm up
-                cpu, taken = measure(c, inputs)
+                cpu, taken, held = measure(c, inputs)
                 total = spans * len(values)
                 rows.append(Row(name, traffic, spans, total, round(cpu, 3), round(total / cpu),
-                                round(cpu / total * 1e6, 2), taken))
-                print(f"[bench]   {rows[-1].spans_per_s_per_core:,} spans/s per core, fast path {taken}/{len(inputs)}",
-                      flush=True)
+                                round(cpu / total * 1e6, 2), taken, held))
+                print(f"[bench]   {rows[-1].spans_per_s_per_core:,} spans/s per core, fast path {taken}/{len(inputs)}, "
+                      f"quarantined {held}", flush=True)
             if spans == 1000 and traffic == CLEAN:
                 profiles["Python path"] = profile(chain(["validate", "scrub", "dedup"], fused()), values)
                 profiles["fast path"] = profile(chain(["validate", "scrub", "dedup"], fused(), fast=True), values)
@@ -189,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                       "that took the fast path"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({**meta, "results": [asdict(r) for r in rows]}, indent=2))
-    table = ["| stage | traffic | spans/batch | spans/s per core | CPU s / 1M spans | fast-path batches |",
-             "|---|---|---|---|---|---|"]
+    table = ["| stage | traffic | spans/batch | spans/s per core | CPU s / 1M spans | fast-path batches | "
+             "quarantined batches |", "|---|---|---|---|---|---|---|"]
     table += [f"| {r.stage} | {r.traffic} | {r.spans_per_batch} | {r.spans_per_s_per_core:,} | "
-              f"{r.cpu_s_per_million_spans} | {r.fast_path_batches} |" for r in rows]
+              f"{r.cpu_s_per_million_spans} | {r.fast_path_batches} | {r.quarantined_batches} |" for r in rows]
     sections = "".join(f"\n\n## Where the fused chain's time goes, {path} (1000-span clean batches, cProfile, "
                        f"top 12 by own time)\n\n```\n{text}\n```" for path, text in profiles.items())
     Path(f"{args.out}.md").write_text(f"# Stage benchmark ({meta['when']})\n\n{meta['method']}.\n\n"
