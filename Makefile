@@ -49,6 +49,7 @@ demo: services
 bench: services
 	scripts/build-peer
 	$(BIN)/python -m benchmarks.peer_bench
+	$(BIN)/python -m benchmarks.scaling_bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check rampart ingest processors sinks schemas tests benchmarks scripts

@@ -6,7 +6,7 @@
     (benchmarks/peer/gateway.yaml). Closed loop of concurrent clients over the same pre-generated
     bodies (100 and 1000 spans per request), then both at one common open-loop rate for latency.
 (b) stage chain: Kafka in -> processing -> out, on the same payloads preloaded into a topic.
-    `rampart worker --stages validate,scrub,dedup` (raw -> clean; 1 and 2 processes; and with
+    `rampart worker --stages validate,scrub,dedup` (raw -> clean; and with
     `rampart sink otlp` behind it) against kafka receiver -> redaction -> OTLP/HTTP out
     (benchmarks/peer/stages.yaml) and -> Kafka out (stages-kafka.yaml).
 
@@ -518,7 +518,7 @@ def wait_for_group(group_id: str, topic: str, members: int, timeout_s: float = 9
 
 @dataclass
 class DrainRun:
-    side: str                      # rampart-worker, rampart-worker x2, rampart-worker+sink, peer-otlp, peer-kafka, ...
+    side: str                      # rampart-worker, rampart-worker+sink, peer-otlp, peer-kafka, ...
     spans_per_batch: int
     traffic: str
     batches: int
@@ -685,14 +685,12 @@ class StageSide:
         return drain_peer(self.name, self.peer_config, set(self.cpus), values, spans, traffic, tmp, timeout_s)
 
 
-ONE, BOTH = frozenset({SERVER_CPU}), frozenset({LOAD_CPU, SERVER_CPU})
+ONE = frozenset({SERVER_CPU})
 STAGE_SIDES = [
     StageSide("rampart-worker", ONE, workers=1),
     StageSide("peer-kafka", ONE, peer_config="stages-kafka.yaml"),
     StageSide("peer-otlp", ONE, peer_config="stages.yaml"),
     StageSide("rampart-worker+sink", ONE, workers=1, sink=True),
-    StageSide("rampart-worker x2", BOTH, workers=2),
-    StageSide("peer-kafka 2 cores", BOTH, peer_config="stages-kafka.yaml"),
 ]
 QUICK_STAGE_SIDES = STAGE_SIDES[:3]
 
@@ -794,9 +792,6 @@ def stage_summary(runs: list[DrainRun]) -> list[dict[str, Any]]:
                                                                    get("peer-otlp", "spans_per_cpu_s")),
                 "worker_vs_peer_kafka_peak_rss": _ratio(get("rampart-worker", "peak_rss_mb"),
                                                         get("peer-kafka", "peak_rss_mb")),
-                "rampart_2_workers_vs_1": _ratio(get("rampart-worker x2", "spans_per_s"),
-                                                 get("rampart-worker", "spans_per_s")),
-                "peer_2_cores_vs_1": _ratio(get("peer-kafka 2 cores", "spans_per_s"), get("peer-kafka", "spans_per_s")),
             }})
     return rows
 
@@ -867,7 +862,8 @@ def markdown(meta: dict[str, Any], gateway: list[dict[str, Any]], stages: list[d
               "by trace id, dedup marks in Redis). `peer-kafka`: kafka receiver -> redaction -> kafka exporter. "
               "`peer-otlp`: -> OTLP/HTTP exporter (gzip) to a span counter. `rampart-worker+sink`: worker and "
               "`rampart sink otlp` sharing the one core. "
-              "`x2` / `2 cores`: both cores. Kafka, Redis and machine: the cores they (and everything running on "
+              "Scaling (2 workers against 1) has its own, longer drains: benchmarks/scaling_bench.py, "
+              "results/stage-scaling.md. Kafka, Redis and machine: the cores they (and everything running on "
               "the machine) kept busy over the same window.", "",
               "| spans/batch | traffic | side | processes / cores | spans x runs | spans/s | CPU s / 1M spans | "
               "spans per CPU-s | CPU used | Kafka / Redis / machine (cores) | peak RSS MB (per process) |",
@@ -897,8 +893,6 @@ def markdown(meta: dict[str, Any], gateway: list[dict[str, Any]], stages: list[d
                      f"{_fmt(r['worker_sink_vs_peer_otlp_spans_per_cpu_s'])} | - |")
         lines.append(f"| stage worker peak RSS (vs peer-kafka) | {load} | {_fmt(r['worker_vs_peer_kafka_peak_rss'])} "
                      "| <= 2 |")
-        lines.append(f"| 2 workers vs 1 (Rampart; peer: 2 cores vs 1 = {_fmt(r['peer_2_cores_vs_1'])}) | {load} | "
-                     f"{_fmt(r['rampart_2_workers_vs_1'])} | >= 1.8 |")
     lines += ["", "## What does not mirror exactly", ""] + [f"- {n}" for n in meta["differences"]]
     return "\n".join(lines) + "\n"
 
@@ -912,15 +906,15 @@ def chart(path: Path, gateway: list[dict[str, Any]], stages: list[dict[str, Any]
     except ImportError:
         say("matplotlib not installed: no chart (pip install matplotlib)")
         return False
-    fig, axes = plt.subplots(1, 4, figsize=(19, 5.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
 
     def bars(ax: Any, labels: list[str], rampart: list[float], peer: list[float], title: str, ylabel: str,
-             goal: str, ratios: bool = True) -> None:
+             goal: str) -> None:
         xs = range(len(labels))
         ax.bar([x - 0.2 for x in xs], rampart, 0.4, label="Rampart", color="#c0392b")
         ax.bar([x + 0.2 for x in xs], peer, 0.4, label="OTel Collector", color="#2c7fb8")
         for x, (a, b) in enumerate(zip(rampart, peer, strict=True)):
-            if ratios and a and b:
+            if a and b:
                 ax.annotate(f"{a / b:.2f}x", (x, max(a, b)), ha="center", va="bottom", fontsize=9)
         ax.set_xticks(list(xs), labels, fontsize=8)
         ax.set_title(f"{title}\n{goal}", fontsize=10)
@@ -947,10 +941,6 @@ def chart(path: Path, gateway: list[dict[str, Any]], stages: list[dict[str, Any]
          [row["rampart"]["peak_rss_mb"] for row in gw] + [side(r, "rampart-worker", "peak_rss_mb") for r in stages],
          [row["peer"]["peak_rss_mb"] for row in gw] + [side(r, "peer-kafka", "peak_rss_mb") for r in stages],
          "peak RSS per process", "MB", "goal: Rampart/peer <= 2x")
-    bars(axes[3], s_labels, [r["ratio"]["rampart_2_workers_vs_1"] or 0 for r in stages],
-         [r["ratio"]["peer_2_cores_vs_1"] or 0 for r in stages],
-         "(b) scaling: spans/s on 2 cores / on 1", "x", "goal (Rampart, 2 workers vs 1): >= 1.8x", ratios=False)
-    axes[3].axhline(1.8, color="grey", linestyle="--", linewidth=1)
     fig.suptitle("Rampart vs OpenTelemetry Collector: same machine, same load, same run, one core each "
                  "(benchmarks/peer_bench.py)", fontsize=11)
     fig.tight_layout()
