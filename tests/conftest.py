@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from tests.support import services
 from tests.support.backend import CapturingBackend
@@ -62,3 +63,13 @@ def backend() -> Iterator[CapturingBackend]:
     server = CapturingBackend()
     yield server
     server.close()
+
+
+@pytest.fixture
+def redis_key_prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix no other test uses; its keys are deleted after the test."""
+    value = f"test:{uuid.uuid4().hex[:8]}:"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{value}*"):
+        client.delete(key)

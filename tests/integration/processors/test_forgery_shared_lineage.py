@@ -6,8 +6,6 @@ genuine traffic is not. Without the shared index the same split sees nothing."""
 from __future__ import annotations
 
 import random
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import cast
 
@@ -46,12 +44,8 @@ class Split:
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    value = f"test:lineage:{uuid.uuid4().hex[:8]}:"
-    yield value
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(f"{value}*"):
-        client.delete(key)
+def prefix(redis_key_prefix: str) -> str:
+    return redis_key_prefix
 
 
 def split(config: ForgeryConfig, store: RedisParentIds | None) -> Split:

@@ -8,8 +8,6 @@ import math
 import os
 import socket
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +31,8 @@ class Events:
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    value = f"test:lineage:{uuid.uuid4().hex[:8]}:"
-    yield value
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(f"{value}*"):
-        client.delete(key)
+def prefix(redis_key_prefix: str) -> str:
+    return redis_key_prefix
 
 
 def index(store: RedisParentIds | InMemoryParentIds, events: Events, *, sample_every: int = 1,
