@@ -4,8 +4,13 @@
 //! scan what they need (`processors/fastpath.py`). Nothing here decides an outcome: a scan only
 //! answers questions, and any payload it does not fully understand is `clean == False`, which
 //! sends the batch down the Python path.
+//!
+//! The forgery stage reads its per-batch summary from here too (`forgery_summary`, src/forgery.rs),
+//! and runs its cardinality sketches' per-value loops here (src/sketches.rs).
 
+mod forgery;
 mod screen;
+mod sketches;
 mod split;
 mod trace;
 mod wire;
@@ -16,6 +21,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::forgery::{ForgerySummary, Settings};
 use crate::trace::{parse, Index};
 use crate::wire::Slice;
 
@@ -196,11 +202,31 @@ fn scan_traces(payload: &[u8]) -> TraceScan {
     TraceScan { data: payload.to_vec(), index: parse(payload) }
 }
 
+/// The forgery stage's summary of an OTLP trace request (src/forgery.rs), or None when the request
+/// is not one `scan_traces` calls clean (the stage then reads the decoded request itself).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn forgery_summary(py: Python<'_>, payload: &[u8], now_ns: i128, lowest_ns: i128, highest_ns: i128,
+                   replay_every: u64, lineage_every: i64, min_duration_ns: i128, max_duration_ns: i128,
+                   min_bucket: i64, max_bucket: i64, inv_log_gamma: f64) -> PyResult<Option<ForgerySummary>> {
+    let Ok(index) = parse(payload) else {
+        return Ok(None);
+    };
+    let settings = Settings { now_ns, lowest_ns, highest_ns, replay_every, lineage_every, min_duration_ns,
+                              max_duration_ns, min_bucket, max_bucket, inv_log_gamma };
+    forgery::summarize(py, payload, &index, &settings).map(Some)
+}
+
 #[pymodule]
 fn rampart_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TraceScan>()?;
     m.add_class::<Needles>()?;
+    m.add_class::<ForgerySummary>()?;
     m.add_function(wrap_pyfunction!(scan_traces, m)?)?;
     m.add_function(wrap_pyfunction!(card_screen, m)?)?;
+    m.add_function(wrap_pyfunction!(forgery_summary, m)?)?;
+    m.add_function(wrap_pyfunction!(sketches::hll_add, m)?)?;
+    m.add_function(wrap_pyfunction!(sketches::bloom_missing, m)?)?;
+    m.add_function(wrap_pyfunction!(sketches::bloom_add, m)?)?;
     Ok(())
 }

@@ -34,6 +34,7 @@ from statistics import median
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from rampart_native import forgery_summary
 
 from processors.base import Batch, Processor, Quarantine, Result
 from processors.forgery.baselines import BaselineStore, Group, Source
@@ -57,7 +58,7 @@ from processors.forgery.state import RedisSnapshots, SnapshotStore, StateKeeper,
 from processors.otlp import count_items, resources
 from rampart.config import ForgeryConfig, RampartConfig
 from rampart.release import RELEASE_REASON
-from schemas.envelope import Signal
+from schemas.envelope import PayloadFormat, Signal
 
 __all__ = ["DROP_REASON", "INTEGRITY_REASONS", "INTEGRITY_SCORE", "ForgeryProcessor",
            "Verdict", "build", "lineage_shared"]
@@ -102,7 +103,7 @@ class _Ops:
 @dataclass(slots=True)
 class _View:
     ops: dict[tuple[str, str], _Ops] = field(default_factory=dict)
-    values: dict[str, dict[str, set[str]]] = field(default_factory=dict)   # service -> key -> values
+    value_hashes: dict[str, dict[str, set[int]]] = field(default_factory=dict)   # service -> key -> hash(value)s
     digests: list[int] = field(default_factory=list)
     lags_ns: list[int] = field(default_factory=list)
     durations: list[int] = field(default_factory=list)
@@ -238,7 +239,7 @@ class ForgeryProcessor(Processor):
         tenant, principal = batch.tenant, batch.principal
         tenant_state = self._store.tenant(tenant, now)
         warm = now - tenant_state.first_s >= config.learning_s
-        view = self._extract(batch.request, now_ns)
+        view = self._extract(batch)
         verdict = Verdict(learning=not warm)
         if not view.spans:
             return verdict
@@ -349,23 +350,43 @@ class ForgeryProcessor(Processor):
 
     # ------------------------------------------------------------------ one pass over the batch
 
-    def _extract(self, request: Any, now_ns: int) -> _View:  # noqa: PLR0915 - one loop: a call per span costs more
-        """One pass over the spans: the hot loop (every attribute read once; locals for speed)."""
-        view = _View()
-        ops, digests, lags = view.ops, view.digests, view.lags_ns
+    def _extract(self, batch: Batch) -> _View:
+        """The batch's view: from the native summary of its protobuf bytes when it has them untouched
+        and in the canonical form the native reader takes, else from the decoded request."""
+        now_ns = batch.received_at_ns
         lowest = now_ns - int(self._config.max_lag_s * _NS)
         highest = now_ns + int(self._config.max_lead_s * _NS)
         every = self._config.replay_sample_every
         every_id = self._lineage.local_sample_every
+        if batch.raw_payload is not None and batch.payload_format is PayloadFormat.OTLP_PROTO:
+            summary = forgery_summary(batch.raw_payload, now_ns, lowest, highest, every, every_id, MIN_DURATION_NS,
+                                      MAX_DURATION_NS, MIN_BUCKET, MAX_BUCKET, INV_LOG_GAMMA)
+            if summary is not None:
+                return _View(ops={(service, name): _Ops(counts, error_counts, n, errors)
+                                  for service, name, counts, error_counts, n, errors in summary.ops},
+                             value_hashes=summary.value_hashes, digests=summary.digests, lags_ns=summary.lags_ns,
+                             durations=summary.durations, span_ids=summary.span_ids, parents=summary.parents,
+                             server_parented=summary.server_parented, calls=summary.calls,
+                             outside=summary.outside, spans=summary.spans)
+        return self._read(batch.request, now_ns, lowest, highest, every, every_id)
+
+    def _read(self, request: Any, now_ns: int, lowest: int, highest: int, every: int,  # noqa: PLR0915
+              every_id: int) -> _View:
+        """One pass over the decoded spans, in one loop (a call per span costs more; every attribute read
+        once; locals for speed). native/src/forgery.rs gives the same view from the wire bytes: the two
+        must agree exactly, down to the order of every dict and set."""
+        view = _View()
+        ops, digests, lags = view.ops, view.digests, view.lags_ns
         span_ids, parents, calls, durations = view.span_ids, view.parents, view.calls, view.durations
         log, ceil = math.log, math.ceil
         by_service: dict[str, dict[str, _Ops]] = {}   # service -> name -> its _Ops in ``ops`` (no tuple per span)
+        values_by_service: dict[str, dict[str, set[str]]] = {}   # service -> key -> distinct values
         outside = spans = 0
         for rs in request.resource_spans:
             resource = [(kv.key, kv.value.string_value) for kv in rs.resource.attributes]   # read once
             service = next((value for key, value in resource if key == "service.name"), "")
             # Values per attribute key of this service (strings: they hash once, on insertion).
-            values = view.values.setdefault(service, {})
+            values = values_by_service.setdefault(service, {})
             for key, value in resource:
                 if value:
                     values.setdefault(key, set()).add(value)
@@ -432,6 +453,10 @@ class ForgeryProcessor(Processor):
             if parented:
                 view.server_parented[service] = view.server_parented.get(service, 0) + parented
         view.outside, view.spans = outside, spans
+        # Hashed in the order of each set of values, as the native summary does (the order the
+        # sketches see them in).
+        view.value_hashes = {service: {key: {hash(v) for v in values} for key, values in keys.items()}
+                             for service, keys in values_by_service.items()}
         return view
 
     # ------------------------------------------------------------------ hard rules
@@ -489,10 +514,9 @@ class ForgeryProcessor(Processor):
     def _cardinality_rules(self, tenant: str, view: _View, now: float, warm: bool,
                            verdict: Verdict) -> list[tuple[tuple[str, str, str], KeyVerdict]]:
         out = []
-        for service, keys in view.values.items():
-            for key, values in keys.items():
+        for service, keys in view.value_hashes.items():
+            for key, hashes in keys.items():
                 full_key = (tenant, service, key)
-                hashes = {hash(v) for v in values}   # str caches its hash: no second SipHash pass
                 result = self._cardinality.observe(full_key, hashes, now, judge=warm)
                 if result.reason:
                     verdict.codes.append(result.reason)

@@ -1,4 +1,5 @@
-"""Bounded streaming sketches for the forgery stage, written here to stay pure Python and cheap per item.
+"""Bounded streaming sketches for the forgery stage, written here to stay small and cheap per item (the
+per-value loops of HyperLogLog and BloomFilter run natively: native/src/sketches.rs).
 
 - :class:`DecayedHistogram`: DDSketch-style log buckets (relative accuracy ``alpha``) with forward
   exponential decay, so "the last minute" costs one dict per key instead of a ring of windows.
@@ -20,6 +21,8 @@ from collections.abc import Iterable
 from itertools import accumulate
 from statistics import StatisticsError
 from typing import Any
+
+from rampart_native import bloom_add, bloom_missing, hll_add
 
 __all__ = ["BloomFilter", "DecayedCount", "DecayedHistogram", "HyperLogLog", "RobustZ", "bucket_index", "cumulative"]
 
@@ -214,21 +217,8 @@ class HyperLogLog:
         return True
 
     def add_hashes(self, hashes: Iterable[int]) -> None:
-        """``add_hash`` for each of ``hashes``, in order (one call per batch instead of one per value)."""
-        registers, p, mask = self._registers, self._p, self._m - 1
-        width = 64 - self._p + 1
-        inv_sum, zeros = self._inv_sum, self._zeros
-        for value in hashes:
-            h = value & 0xFFFF_FFFF_FFFF_FFFF
-            index = h & mask
-            rank = width - (h >> p).bit_length()
-            old = registers[index]
-            if rank > old:
-                registers[index] = rank
-                inv_sum += 2.0 ** -rank - 2.0 ** -old
-                if old == 0:
-                    zeros -= 1
-        self._inv_sum, self._zeros = inv_sum, zeros
+        """``add_hash`` for each of ``hashes``, in order (one native call per batch instead of a step per value)."""
+        self._inv_sum, self._zeros = hll_add(self._registers, self._p, hashes, self._inv_sum, self._zeros)
 
     def estimate(self) -> float:
         raw = self._alpha_mm / self._inv_sum
@@ -266,32 +256,12 @@ class BloomFilter:
         self.count += 1
 
     def missing(self, hashes: Iterable[int]) -> frozenset[int]:
-        """The hashes not (probably) held: ``h not in self`` for each, in one call."""
-        bits, m, probes = self._bits, self._m, range(self._k)
-        out = []
-        for h in hashes:
-            p, step = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
-            for _ in probes:   # the same probes as __contains__: (h1 + i * h2) % m
-                q = p % m
-                if not bits[q >> 3] & (1 << (q & 7)):
-                    out.append(h)
-                    break
-                p += step
-        return frozenset(out)
+        """The hashes not (probably) held: ``h not in self`` for each, in one native call."""
+        return bloom_missing(self._bits, self._m, self._k, hashes)
 
     def add_hashes(self, hashes: Iterable[int], limit: int) -> None:
         """``add`` each of ``hashes`` in order while fewer than ``limit`` values were added."""
-        bits, m, probes = self._bits, self._m, range(self._k)
-        count = self.count
-        for h in hashes:
-            if count >= limit:
-                break
-            h1, h2 = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
-            for i in probes:
-                p = (h1 + i * h2) % m
-                bits[p >> 3] |= 1 << (p & 7)
-            count += 1
-        self.count = count
+        self.count = bloom_add(self._bits, self._m, self._k, hashes, self.count, limit)
 
 
 class RobustZ:
