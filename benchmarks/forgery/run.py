@@ -238,11 +238,13 @@ class Simulation:
     def _screen(self, processor: ForgeryProcessor, emitted: Emitted, label: str,
                 event: Event | None, outcome: Outcome) -> None:
         batch_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
+        traces = emitted.signal is Signal.TRACES
+        # Trace batches carry their bytes, as a stage hands them over (the processor reads those natively).
         batch = Batch(signal=emitted.signal, request=emitted.request, batch_id=batch_id,
                       tenant=emitted.tenant, principal=emitted.principal,
-                      received_at_ns=EPOCH_NS + int(emitted.received_s * NS))
+                      received_at_ns=EPOCH_NS + int(emitted.received_s * NS),
+                      raw_payload=emitted.request.SerializeToString() if traces else None)
         items = count_items(emitted.request, emitted.signal)
-        traces = emitted.signal is Signal.TRACES
         started, started_wall = time.process_time_ns(), time.perf_counter_ns()
         verdict = processor.screen(batch) if traces else processor.screen_metrics(batch)
         processor.act(batch, verdict)
