@@ -110,7 +110,15 @@ def raw_exchange(gateway: GatewayProcess, data: bytes, timeout_s: float = 10, ha
 
 
 def statuses(answer: bytes) -> list[int]:
-    return [int(line.split()[1]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+    """The status of each response in ``answer``, read head by head (bodies skipped by Content-Length)."""
+    found, pos = [], 0
+    while (end := answer.find(b"\r\n\r\n", pos)) >= 0 and answer.startswith(b"HTTP/1.", pos):
+        head = answer[pos:end].split(b"\r\n")
+        found.append(int(head[0].split()[1]))
+        length = next((int(line.split(b":", 1)[1]) for line in head[1:]
+                       if line.lower().startswith(b"content-length:")), 0)
+        pos = end + 4 + length
+    return found
 
 
 def request_head(token: str, path: str = "/v1/traces", extra: str = "", version: str = "1.1") -> str:
@@ -357,6 +365,14 @@ def test_bytes_after_an_http_1_0_request_are_refused_not_read_as_another(module_
     assert statuses(answer) == [400] and b"Data after `Connection: close`" in answer
     assert serves(gateway, token)
     assert not [e for e in module_deployment.read_envelopes_any(Signal.LOGS) if e.tenant == "smuggler"]
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(gateway: GatewayProcess, token: str) -> None:
+    one = request_head(token, extra=f"Content-Length: {len(TRACES)}\r\n\r\n").encode() + TRACES
+    unknown = request_head(token, path="/v1/profiles", extra="Content-Length: 0\r\n\r\n").encode()
+    last = request_head(token, extra=f"Content-Length: {len(TRACES)}\r\nConnection: close\r\n\r\n").encode()
+    answer = raw_exchange(gateway, one * 3 + unknown + one + last + TRACES)
+    assert statuses(answer) == [200, 200, 200, 404, 200, 200], answer[:300]
 
 
 def test_a_client_that_hangs_up_mid_body_is_counted_as_refused(gateway: GatewayProcess, token: str) -> None:
