@@ -2,8 +2,9 @@
 
     .venv/bin/python -m benchmarks.http_floor [--spans 100] [--rounds 4] [--seconds 6]
 
-Two servers that read the body and answer 200, nothing else, on uvloop like the gateway:
-  aiohttp   aiohttp's low-level server, as `rampart gateway` uses it
+Three servers that read the body and answer 200, nothing else, on uvloop like the gateway:
+  aiohttp   aiohttp's low-level server (the gateway's HTTP server until it got its own)
+  rampart   the gateway's own (ingest/http_protocol.py: llhttp through httptools, with its limits)
   bare      an asyncio protocol that finds the end of the headers, takes Content-Length bytes and
             writes a fixed answer: no HTTP checks at all, the floor of any Python HTTP server
 Each is pinned to CPU 1 and driven from CPU 0 by the same closed loop as `make bench`, in alternating
@@ -28,6 +29,7 @@ import uvloop
 from aiohttp import web
 
 from benchmarks.peer_bench import LOAD_CPU, RESULTS, SERVER_CPU, cpu_seconds, drive, make_bodies, pinned, say, versions
+from ingest.http_protocol import HttpServer, Request, Response
 
 _ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n"
            b"Server: floor\r\n\r\n")
@@ -62,6 +64,12 @@ class _Bare(asyncio.Protocol):
 async def _serve(kind: str, port: int) -> None:
     if kind == "bare":
         await asyncio.get_running_loop().create_server(_Bare, "127.0.0.1", port)
+    elif kind == "rampart":
+        async def handle(request: Request) -> Response:
+            await request.body.read(10.0)
+            return Response(200, b"", "application/x-protobuf")
+
+        await HttpServer(handle, request_timeout_s=10.0, max_body_bytes=16 << 20).start("127.0.0.1", port, None)
     else:
         async def answer(request: web.BaseRequest) -> web.Response:
             await request.read()
@@ -89,7 +97,7 @@ def main() -> int:
     bodies = make_bodies(args.spans, 16, dirty=False, seed=args.spans)
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     with pinned({SERVER_CPU}):
-        for kind, port in (("aiohttp", 18431), ("bare", 18432)):
+        for kind, port in (("aiohttp", 18431), ("rampart", 18432), ("bare", 18433)):
             servers[kind] = (subprocess.Popen([sys.executable, "-m", "benchmarks.http_floor", "--serve", kind,  # noqa: S603
                                                str(port)]), f"http://127.0.0.1:{port}/v1/traces")
     per_request: dict[str, list[float]] = {kind: [] for kind in servers}
