@@ -47,9 +47,9 @@ CATEGORIES = [
     ("Kafka produce call (librdkafka enqueue)", ("Publisher.publish",)),
     ("OTLP framing check", ("framing.py",)),
     ("batch and request ids", ("_random_uuids",)),
+    ("HTTP server (connection state, llhttp parsing, answers)", ("http_protocol.py", "httptools")),
     ("Rampart's request handling in Python (auth, rate limit, envelope object, metrics, control flow)",
      ("ingest/", "rampart/", "prometheus_client", "contextlib", "enum.py", "<string>")),
-    ("HTTP server (aiohttp: parsing, request and response objects, writes)", ("aiohttp/",)),
     ("event loop, socket I/O, garbage collection", ("",)),
 ]
 

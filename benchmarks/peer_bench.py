@@ -589,7 +589,7 @@ def sample_drain(side: str, pids: list[int], progress: Callable[[], int], total:
 
 
 def drain_rampart(side: str, workers: int, with_sink: bool, cpus: set[int], values: list[bytes], spans: int,
-                  traffic: str, tmp: Path, timeout_s: float) -> DrainRun:
+                  traffic: str, tmp: Path, timeout_s: float, stages: str = "validate,scrub,dedup") -> DrainRun:
     deployment = new_deployment(tmp)
     counter = SpanCounter() if with_sink else None
     total = len(values) * spans
@@ -597,13 +597,13 @@ def drain_rampart(side: str, workers: int, with_sink: bool, cpus: set[int], valu
     try:
         signed = envelopes(values, deployment.verifier())
         with pinned(cpus):
-            started: list[RampartProcess] = [deployment.start_worker("validate,scrub,dedup", **QUIET)
+            started: list[RampartProcess] = [deployment.start_worker(stages, **QUIET)
                                              for _ in range(workers)]
             if counter is not None:
                 started.append(deployment.start_sink("otlp", RAMPART__SINKS__OTLP__ENDPOINT=counter.endpoint, **QUIET))
         pids = [p.proc.pid for p in started if p.proc is not None]
         stage_workers = started[:workers]
-        wait_for_group(deployment.stage_group("validate,scrub,dedup"), raw, workers)
+        wait_for_group(deployment.stage_group(stages), raw, workers)
         if counter is not None:
             wait_for_group(f"{deployment.prefix}.sink.otlp", deployment.topics.clean(Signal.TRACES), 1)
         preload(raw, signed)

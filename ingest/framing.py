@@ -19,11 +19,11 @@ from google.protobuf.message import DecodeError
 from google.protobuf.wrappers_pb2 import BytesValue
 
 from ingest.errors import InvalidArgument
+from ingest.wire import WireError, read_field
 from schemas.envelope import PayloadFormat
 
 __all__ = ["check_framing"]
 
-_MAX_VARINT_BYTES = 10
 # Refused bodies up to this size are walked again in Python to name the problem (at most ~80 ms).
 _DIAGNOSE_MAX_BYTES = 64 * 1024
 
@@ -53,37 +53,10 @@ def _check_protobuf(data: bytes, signal_name: str) -> None:
 
 def _walk_protobuf(data: bytes, signal_name: str) -> None:
     pos, end = 0, len(data)
-    while pos < end:
-        tag, pos = _varint(data, pos, signal_name)
-        field, wire_type = tag >> 3, tag & 7
-        if field == 0:
-            raise InvalidArgument(f"request body is not an OTLP {signal_name} protobuf message (field number 0)")
-        if wire_type == 2:
-            length, pos = _varint(data, pos, signal_name)
-            if length > end - pos:
-                raise InvalidArgument(f"OTLP {signal_name} protobuf message is truncated")
-            pos += length
-        elif wire_type == 0:
-            _, pos = _varint(data, pos, signal_name)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise InvalidArgument(f"request body is not an OTLP {signal_name} protobuf message "
-                                  f"(wire type {wire_type})")
-        if pos > end:
-            raise InvalidArgument(f"OTLP {signal_name} protobuf message is truncated")
-
-
-def _varint(data: bytes, pos: int, signal_name: str) -> tuple[int, int]:
-    result = shift = 0
-    for i in range(_MAX_VARINT_BYTES):
-        if pos + i >= len(data):
-            raise InvalidArgument(f"OTLP {signal_name} protobuf message is truncated")
-        byte = data[pos + i]
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos + i + 1
-        shift += 7
-    raise InvalidArgument(f"request body is not an OTLP {signal_name} protobuf message (bad varint)")
+    try:
+        while pos < end:
+            _, _, _, pos = read_field(data, pos, end)
+    except WireError as exc:
+        if exc.problem == "truncated":
+            raise InvalidArgument(f"OTLP {signal_name} protobuf message is truncated") from None
+        raise InvalidArgument(f"request body is not an OTLP {signal_name} protobuf message ({exc.problem})") from None

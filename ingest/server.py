@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from ingest.apikeys import ApiKeyCache, ApiKeyRegistry
 from ingest.gateway import Gateway
 from ingest.grpc_server import build_grpc_server
-from ingest.http_server import build_http_app
+from ingest.http_server import build_http_server
 from ingest.metrics import GatewayMetrics
 from ingest.ratelimit import RateLimiter
 from ingest.tls import server_ssl_context
@@ -68,27 +68,17 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
         retry_after_s=gw.retry_after_s, encrypt_payloads=config.keyring.encrypt_unscrubbed)
 
     refresher = asyncio.create_task(_refresh_keys(keys, metrics, gw.apikey_refresh_interval_s))
-    http_runner = web.AppRunner(build_http_app(gateway, gw.max_request_bytes, gw.max_decompressed_bytes,
-                                               gw.request_timeout_s),
-                                auto_decompress=False, access_log=None, handle_signals=False,
-                                shutdown_timeout=gw.shutdown_timeout_s,
-                                # A connection must deliver its request line and headers within
-                                # request_timeout_s of opening (or of the previous answer), and an
-                                # idle one is closed after it. aiohttp's default (3630 s) let a
-                                # slow-loris client that trickles its headers hold a connection
-                                # for an hour; the body has its own deadline (408).
-                                keepalive_timeout=gw.request_timeout_s)
+    http_server = build_http_server(gateway, gw.max_request_bytes, gw.max_decompressed_bytes, gw.request_timeout_s)
     admin_runner = web.AppRunner(build_admin_app(registry, gateway.ready), access_log=None, handle_signals=False)
     grpc_server = build_grpc_server(gateway, gw.grpc_listen, gw.tls, gw.max_decompressed_bytes)
-    await http_runner.setup()
     await admin_runner.setup()
     try:
         host, port = split_listen(gw.http_listen)
-        await web.TCPSite(http_runner, host, port, ssl_context=ssl_context, backlog=1024).start()
+        await http_server.start(host, port, ssl_context)
         host, port = split_listen(gw.admin_listen)
         await web.TCPSite(admin_runner, host, port).start()
     except OSError as exc:
-        await http_runner.cleanup()
+        await http_server.stop(0)
         await admin_runner.cleanup()
         publisher.close(0)
         raise GatewayStartupError(f"cannot listen: {exc.strerror}") from None
@@ -104,8 +94,7 @@ async def run_gateway(config: RampartConfig, env: Mapping[str, str]) -> None:
 
     log.info("gateway %s stopping: no new requests, draining those in flight", gateway_id)
     await grpc_server.stop(gw.shutdown_timeout_s)
-    await http_runner.shutdown()
-    await http_runner.cleanup()
+    await http_server.stop(gw.shutdown_timeout_s)
     refresher.cancel()
     # Every request has its answer now; what is still queued belongs to requests already answered 503.
     left = await asyncio.to_thread(publisher.close, gw.shutdown_timeout_s)

@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ingest.errors import InvalidArgument, PayloadTooLarge
+from ingest.wire import read_field
 from schemas.envelope import PayloadFormat, Signal
 
 __all__ = ["split_payload"]
@@ -149,7 +150,7 @@ def _proto_parts(data: bytes, start: int, end: int, child_fields: tuple[int, ...
             part.add_slice(pos, run.end())
             pos = run.end()
             continue
-        number, wire_type, value_start, field_end = _field(data, pos, end)
+        number, wire_type, value_start, field_end = read_field(data, pos, end)
         field_start, pos = pos, field_end
         if number != child_field or wire_type != 2:
             continue
@@ -181,7 +182,7 @@ def _header(data: bytes, start: int, end: int, child_field: int) -> bytes:
         if run is not None:
             pos = run.end()
             continue
-        number, wire_type, _, field_end = _field(data, pos, end)
+        number, wire_type, _, field_end = read_field(data, pos, end)
         if number != child_field or wire_type != 2:
             header += data[pos:field_end]
         pos = field_end
@@ -227,39 +228,6 @@ class _Part:
         if self._run_end > self._run_start:
             self._pieces.append(self._data[self._run_start:self._run_end])
         self._run_start = self._run_end
-
-
-def _field(data: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
-    """(field number, wire type, start of the value, end) of the field at ``pos``, which must end by ``end``."""
-    tag, pos = _read_uvarint(data, pos, end)
-    wire_type = tag & 7
-    value_start = pos
-    if wire_type == 2:
-        length, pos = _read_uvarint(data, pos, end)
-        value_start = pos
-        pos += length
-    elif wire_type == 0:
-        _, pos = _read_uvarint(data, pos, end)
-    elif wire_type == 1:
-        pos += 8
-    elif wire_type == 5:
-        pos += 4
-    else:
-        raise InvalidArgument(f"request body is not an OTLP protobuf message (wire type {wire_type})")
-    if pos > end or tag >> 3 == 0:
-        raise InvalidArgument("request body is not an OTLP protobuf message (truncated or corrupt)")
-    return tag >> 3, wire_type, value_start, pos
-
-
-def _read_uvarint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    for i in range(pos, min(pos + 10, end)):
-        byte = data[i]
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, i + 1
-        shift += 7
-    raise InvalidArgument("request body is not an OTLP protobuf message (truncated or corrupt)")
 
 
 def _uvarint(value: int) -> bytes:

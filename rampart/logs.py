@@ -72,4 +72,5 @@ def setup_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
-    logging.getLogger("aiohttp.server").addFilter(RateLimitFilter())
+    for name in ("aiohttp.server", "ingest.http_protocol"):
+        logging.getLogger(name).addFilter(RateLimitFilter())

@@ -95,11 +95,13 @@ class Publisher:
             if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                 raise RecordTooLarge("record exceeds the Kafka record limit") from None
             raise PublishError(f"Kafka refused the record ({_name(error)})") from None
+        # A plain timer rather than asyncio.timeout(), which cost 6 µs a record (a quarter of the
+        # produce call's cost); the report of a timed-out record finds its future already done.
+        expiry = self._loop.call_later(self._ack_timeout_s, _expire, future)
         try:
-            async with asyncio.timeout(self._ack_timeout_s):
-                err = await future
-        except TimeoutError:
-            raise PublishError("Kafka did not acknowledge in time") from None
+            err = await future
+        finally:
+            expiry.cancel()
         if err is not None:
             raise PublishError(f"Kafka did not take the record ({_name(err)})")
 
@@ -162,9 +164,14 @@ async def publish_until_acknowledged(publisher: Publisher, records: list[Record]
             attempt += 1
 
 
+def _expire(future: asyncio.Future[KafkaError | None]) -> None:
+    if not future.done():
+        future.set_exception(PublishError("Kafka did not acknowledge in time"))
+
+
 def _resolve_all(reports: list[tuple[asyncio.Future[KafkaError | None], KafkaError | None]]) -> None:
     for future, err in reports:
-        if not future.done():  # (its publish may have timed out and cancelled it)
+        if not future.done():  # (its publish may have timed out)
             future.set_result(err)
 
 

@@ -110,7 +110,15 @@ def raw_exchange(gateway: GatewayProcess, data: bytes, timeout_s: float = 10, ha
 
 
 def statuses(answer: bytes) -> list[int]:
-    return [int(line.split()[1]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+    """The status of each response in ``answer``, read head by head (bodies skipped by Content-Length)."""
+    found, pos = [], 0
+    while (end := answer.find(b"\r\n\r\n", pos)) >= 0 and answer.startswith(b"HTTP/1.", pos):
+        head = answer[pos:end].split(b"\r\n")
+        found.append(int(head[0].split()[1]))
+        length = next((int(line.split(b":", 1)[1]) for line in head[1:]
+                       if line.lower().startswith(b"content-length:")), 0)
+        pos = end + 4 + length
+    return found
 
 
 def request_head(token: str, path: str = "/v1/traces", extra: str = "", version: str = "1.1") -> str:
@@ -359,6 +367,14 @@ def test_bytes_after_an_http_1_0_request_are_refused_not_read_as_another(module_
     assert not [e for e in module_deployment.read_envelopes_any(Signal.LOGS) if e.tenant == "smuggler"]
 
 
+def test_pipelined_requests_are_answered_in_order_on_one_connection(gateway: GatewayProcess, token: str) -> None:
+    one = request_head(token, extra=f"Content-Length: {len(TRACES)}\r\n\r\n").encode() + TRACES
+    unknown = request_head(token, path="/v1/profiles", extra="Content-Length: 0\r\n\r\n").encode()
+    last = request_head(token, extra=f"Content-Length: {len(TRACES)}\r\nConnection: close\r\n\r\n").encode()
+    answer = raw_exchange(gateway, one * 3 + unknown + one + last + TRACES)
+    assert statuses(answer) == [200, 200, 200, 404, 200, 200], answer[:300]
+
+
 def test_a_client_that_hangs_up_mid_body_is_counted_as_refused(gateway: GatewayProcess, token: str) -> None:
     # Found by this corpus: the read error escaped the handler (an ERROR log line with a traceback
     # per request) and the request was counted as code 200.
@@ -386,6 +402,29 @@ def test_unknown_expectation_gets_417(gateway: GatewayProcess, token: str) -> No
     answer = raw_exchange(gateway, request_head(token, extra=f"Expect: 999-weird\r\nContent-Length: {len(TRACES)}"
                                                             "\r\nConnection: close\r\n\r\n").encode() + TRACES)
     assert statuses(answer) == [417]
+
+
+def test_100_continue_only_for_an_authenticated_client(gateway: GatewayProcess, token: str) -> None:
+    # A client that asks before sending its body gets "go ahead" only once its key checks out; one
+    # with a bad key gets its 401 without the gateway ever asking for the body.
+    def ask(key: str) -> tuple[bytes, socket.socket]:
+        s = socket.create_connection(("127.0.0.1", gateway.http_port))
+        s.settimeout(10)
+        s.sendall(request_head(key, extra=f"Expect: 100-continue\r\nContent-Length: {len(TRACES)}\r\n"
+                                          "Connection: close\r\n\r\n").encode())
+        return s.recv(65536), s
+
+    first, s = ask(token)
+    with s:
+        assert statuses(first) == [100], first[:200]
+        s.sendall(TRACES)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert statuses(answer) == [200], answer[:200]
+    first, s = ask("rpk_0000000000000000_not-a-key")
+    with s:
+        assert statuses(first) == [401], first[:200]
 
 
 # ---------------------------------------------------------------- slow clients

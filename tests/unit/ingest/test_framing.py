@@ -33,9 +33,10 @@ def test_truncated_protobuf_is_refused(cut: int) -> None:
         check_framing(PayloadFormat.OTLP_PROTO, request_bytes()[:-cut], "traces")
 
 
-@pytest.mark.parametrize("body", [b"\x00\x01", b"\x0f", b"\xff" * 11, b'{"json": 1}'])
-def test_garbage_protobuf_is_refused(body: bytes) -> None:
-    with pytest.raises(InvalidArgument):
+@pytest.mark.parametrize(("body", "problem"), [(b"\x00\x01", "field number 0"), (b"\x0f", "wire type 7"),
+                                               (b"\xff" * 11, "bad varint"), (b'{"json": 1}', "wire type 3")])
+def test_garbage_protobuf_is_refused_with_what_is_wrong(body: bytes, problem: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"not an OTLP traces protobuf message \\({problem}\\)"):
         check_framing(PayloadFormat.OTLP_PROTO, body, "traces")
 
 
