@@ -193,7 +193,8 @@ class _Connection(asyncio.Protocol):
         self._fields = 0
         self._last_name = ""
         self._in_head = True        # between requests or inside a request line and headers
-        self._head_bytes = 0
+        self._head_bytes = 0        # bytes of reads that held nothing but the current request line and headers
+        self._boundaries = 0        # headers and messages completed so far
         self._eof = False           # the client sent everything it will send
         self._gone = False          # the client hung up (or the connection broke): no more writes
         self._closing = False       # no more requests on this connection
@@ -218,9 +219,10 @@ class _Connection(asyncio.Protocol):
         if self._in_head and self._head_bytes > _MAX_HEAD_BYTES:
             self._refuse(400, f"request line and headers longer than {_MAX_HEAD_BYTES} bytes")
             return
+        boundaries = self._boundaries
         try:
             self._parser.feed_data(data)
-            if self._in_head:
+            if self._in_head and self._boundaries == boundaries:
                 self._head_bytes += len(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -285,6 +287,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
+        self._boundaries += 1
         target = self._target.decode("latin-1")
         request = Request(method=self._parser.get_method().decode("ascii", "replace"),
                           path=target.split("?", 1)[0], http_version=self._parser.get_http_version(),
@@ -304,7 +307,8 @@ class _Connection(asyncio.Protocol):
         if self._parsing is not None:
             self._parsing.body.finish()
             self._parsing = None
-        self._in_head = True
+        self._in_head, self._head_bytes = True, 0
+        self._boundaries += 1
 
     # ---------------------------------------------------------------- serving
 

@@ -375,6 +375,23 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(gateway: Gat
     assert statuses(answer) == [200, 200, 200, 404, 200, 200], answer[:300]
 
 
+def test_large_requests_one_after_another_on_one_connection(gateway: GatewayProcess, token: str) -> None:
+    # Found by the benchmark: the end of a large body, read together with nothing after it, was
+    # counted towards the next request's 64 KiB of headers, and that request was refused.
+    big = corpus.huge_string_span(400 * 1024)
+    one = request_head(token, extra=f"Content-Length: {len(big)}\r\n\r\n").encode() + big
+    with socket.create_connection(("127.0.0.1", gateway.http_port)) as s:
+        s.settimeout(10)
+        answers = []
+        for _ in range(5):
+            s.sendall(one)
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := s.recv(65536)):
+                answer += chunk
+            answers += statuses(answer)
+    assert answers == [200] * 5
+
+
 def test_a_client_that_hangs_up_mid_body_is_counted_as_refused(gateway: GatewayProcess, token: str) -> None:
     # Found by this corpus: the read error escaped the handler (an ERROR log line with a traceback
     # per request) and the request was counted as code 200.
