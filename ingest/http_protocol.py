@@ -191,7 +191,6 @@ class _Connection(asyncio.Protocol):
         self._target = bytearray()
         self._headers: dict[str, str] = {}
         self._fields = 0
-        self._last_name = ""
         self._in_head = True        # between requests or inside a request line and headers
         self._head_bytes = 0        # bytes of reads that held nothing but the current request line and headers
         self._boundaries = 0        # headers and messages completed so far
@@ -249,41 +248,24 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
         self._wake()
 
-    def pause_writing(self) -> None:  # answers are small; nothing to throttle
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # ---------------------------------------------------------------- llhttp callbacks
 
     def on_message_begin(self) -> None:
         self._target.clear()
-        self._headers, self._fields, self._last_name = {}, 0, ""
+        self._headers, self._fields = {}, 0
 
     def on_url(self, part: bytes) -> None:
         self._target += part
         if len(self._target) > _MAX_TARGET_BYTES:
             raise _Refused(400, f"request target longer than {_MAX_TARGET_BYTES} bytes")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # llhttp hands over a long field in parts; only a part with a name starts a new field.
-        self._fields += 1 if name else 0
+    def on_header(self, name: bytes, value: bytes) -> None:  # (httptools hands over whole fields)
+        self._fields += 1
         if self._fields > _MAX_FIELDS:
             raise _Refused(400, f"more than {_MAX_FIELDS} header fields")
         if len(name) + len(value) > _MAX_FIELD_BYTES:
             raise _Refused(400, f"header field longer than {_MAX_FIELD_BYTES} bytes")
-        if name:
-            self._last_name = name.decode("latin-1").lower()
-            if self._last_name in self._headers:
-                self._last_name = ""  # a repeat: the first one counts
-                return
-            self._headers[self._last_name] = value.decode("latin-1")
-        elif self._last_name:
-            joined = self._headers[self._last_name] + value.decode("latin-1")
-            if len(joined) > _MAX_FIELD_BYTES:
-                raise _Refused(400, f"header field longer than {_MAX_FIELD_BYTES} bytes")
-            self._headers[self._last_name] = joined
+        self._headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))  # a repeat: the first counts
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
