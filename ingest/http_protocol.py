@@ -210,7 +210,7 @@ class _Connection(asyncio.Protocol):
         # Started here, not with the protocol: a TLS handshake that fails never makes a connection.
         self.serving = self._loop.create_task(self._serve())
         self._server._connections.add(self)
-        self._arm(self._server.request_timeout_s, self.abort)  # the first request's headers
+        self._arm_deadline()  # for the first request's headers
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -320,7 +320,7 @@ class _Connection(asyncio.Protocol):
                 return
             if self._transport is not None and len(self._waiting) < _MAX_WAITING:
                 self._transport.resume_reading()
-            self._arm(self._server.request_timeout_s, self.abort)  # the next request's headers, or idle
+            self._arm_deadline()  # for the next request's headers, or idle
 
     def close_after_this_request(self) -> None:
         self._closing = True
@@ -379,7 +379,7 @@ class _Connection(asyncio.Protocol):
         self._transport.resume_reading()  # (to drain what the client still sends)
         if self._transport.can_write_eof():
             self._transport.write_eof()
-        self._arm(self._server.request_timeout_s, self.abort)
+        self._arm_deadline()  # for the client to finish sending
 
     def _hung_up(self) -> None:
         self._gone = self._gone or bool(self._waiting and not self._waiting[-1].body.complete)
@@ -392,10 +392,11 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         self._wake()
 
-    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+    def _arm_deadline(self) -> None:
+        """Close the connection unless the client does its next part within ``request_timeout_s``."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_later(delay_s, callback)
+        self._timer = self._loop.call_later(self._server.request_timeout_s, self.abort)
 
     def _wake(self) -> None:
         if self._next is not None and not self._next.done():
