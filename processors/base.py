@@ -57,8 +57,12 @@ class Batch:
     principal: str
     received_at_ns: int
     attributes: Mapping[str, str] = field(default_factory=dict)
-    # The payload as the stage received it, for cheap screens before any item is looked at.
+    # The payload as the stage received it, for cheap screens before any item is looked at; None
+    # once a processor changed or dropped anything.
     raw_payload: bytes | None = None
+    # True when a processor's native parse found ``raw_payload`` to be exactly what encoding
+    # ``request`` gives: while it is unchanged the chain sends it on instead of encoding again.
+    raw_canonical: bool = False
     payload_format: PayloadFormat = PayloadFormat.OTLP_PROTO
     # The operator key id whose signed release brought this batch back from quarantine (verified by
     # the chain, rampart/release.py); set only in chains with a processor that honours releases.

@@ -147,7 +147,8 @@ class StageChain:
         prune_empty(request, signal)
         outcome.items_out = count_items(request, signal)
         if outcome.items_out:
-            outcome.records += self._outputs(envelope, request, kept, encrypt)
+            encoded = batch.raw_payload if batch.raw_canonical else None
+            outcome.records += self._outputs(envelope, request, kept, encrypt, encoded)
         return outcome
 
     def _kept_placement(self, signal: Signal, key: bytes | None, source: str) -> tuple[bytes | None, int | None]:
@@ -211,8 +212,13 @@ class StageChain:
     # ------------------------------------------------------------ outputs
 
     def _outputs(self, envelope: Envelope, request: Message, kept: tuple[bytes | None, int | None],
-                 encrypt: bool) -> list[Record]:
+                 encrypt: bool, encoded: bytes | None) -> list[Record]:
+        """The records for a processed request; ``encoded`` is its encoding when already known."""
         signal = envelope.signal
+
+        def whole() -> bytes:
+            return encoded if encoded is not None else request.SerializeToString()
+
         topic = self._output_topic(signal)
         if self._keying == "trace_id" and signal is Signal.TRACES:
             partitions = self._output_partitions(signal)
@@ -221,7 +227,7 @@ class StageChain:
                 groups.setdefault(zlib.crc32(ref.item.trace_id) % partitions, []).append(ref)
             if len(groups) == 1:
                 (partition,) = groups
-                return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", None, partition)]
+                return [self._record(topic, envelope, encrypt, whole(), "", None, partition)]
             return [self._record(topic, envelope, encrypt, subset(signal, refs).SerializeToString(), f"p{partition}",
                                  None, partition) for partition, refs in sorted(groups.items())]
         if self._keying == "tenant_service" or (self._keying == "trace_id" and signal is Signal.METRICS):
@@ -234,10 +240,10 @@ class StageChain:
             if len(by_service) == 1:
                 (service,) = by_service
                 service_key = f"{envelope.tenant}/{service}".encode()
-                return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", service_key, None)]
+                return [self._record(topic, envelope, encrypt, whole(), "", service_key, None)]
             return [self._record(topic, envelope, encrypt, subset(signal, refs).SerializeToString(), f"s:{service}",
                                  f"{envelope.tenant}/{service}".encode(), None) for service, refs in by_service.items()]
-        return [self._record(topic, envelope, encrypt, request.SerializeToString(), "", *kept)]
+        return [self._record(topic, envelope, encrypt, whole(), "", *kept)]
 
     def _record(self, topic: str, envelope: Envelope, encrypt: bool, payload: bytes, part: str,
                 key: bytes | None, partition: int | None) -> Record:

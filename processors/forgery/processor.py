@@ -286,8 +286,9 @@ class ForgeryProcessor(Processor):
                 attributes = resource.resource.attributes
                 attributes.add(key=INTEGRITY_SCORE).value.double_value = round(verdict.score, 3)
                 attributes.add(key=INTEGRITY_REASONS).value.string_value = reasons
-            result.changed += count_items(batch.request, batch.signal)
             result.count("annotated_batches")
+        if stripped or "annotated_batches" in result.counts:
+            result.changed = count_items(batch.request, batch.signal)
         if config.quarantine and verdict.score >= config.quarantine_threshold:
             # The whole batch is set aside as it arrived (the runtime adds the audit event): an operator
             # can review it and release it (`rampart quarantine`).
@@ -314,6 +315,7 @@ class ForgeryProcessor(Processor):
         stripped = _strip_integrity_claims(batch)
         if stripped:
             result.count("integrity_claims_removed", stripped)
+            result.changed = count_items(batch.request, batch.signal)
         result.audit.append(("forgery_release_passed", {
             "batch_id": batch.batch_id, "released_by": batch.released_by or "",
             "release_reason": batch.attributes.get(RELEASE_REASON, "")}))
@@ -362,6 +364,9 @@ class ForgeryProcessor(Processor):
             summary = forgery_summary(batch.raw_payload, now_ns, lowest, highest, every, every_id, MIN_DURATION_NS,
                                       MAX_DURATION_NS, MIN_BUCKET, MAX_BUCKET, INV_LOG_GAMMA)
             if summary is not None:
+                # The native reader takes only canonical encodings: unless this stage changes the
+                # batch, the chain can send these bytes on as they are.
+                batch.raw_canonical = True
                 return _View(ops={(service, name): _Ops(counts, error_counts, n, errors)
                                   for service, name, counts, error_counts, n, errors in summary.ops},
                              value_hashes=summary.value_hashes, digests=summary.digests, lags_ns=summary.lags_ns,

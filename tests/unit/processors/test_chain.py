@@ -13,9 +13,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from processors.base import Batch, Processor, Quarantine, Result
 from processors.chain import StageChain
 from processors.dedup import DedupProcessor, InMemoryMarks
+from processors.forgery import INTEGRITY_SCORE, ForgeryProcessor
 from processors.scrub import ScrubProcessor
 from processors.validate import ValidateProcessor
-from rampart.config import DedupConfig, ScrubConfig, ValidateConfig
+from rampart.config import DedupConfig, ForgeryConfig, ScrubConfig, ValidateConfig
 from rampart.keyring import KeyRing, generate_key
 from rampart.release import RELEASED_BY, ReleaseKeys, generate_operator_key, sign_release
 from rampart.topics import TopicNames
@@ -169,6 +170,45 @@ def test_tenant_service_keying() -> None:
                                       end_time_unix_nano=NOW)
     outcome = chain(keying="tenant_service").handle(Signal.TRACES, envelope(request), None, "src")
     assert sorted(r.key for r in outcome.records) == [b"acme/cart", b"acme/checkout"]
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    size, length = bytearray(), len(payload)
+    while length >= 0x80:
+        size.append(length & 0x7F | 0x80)
+        length >>= 7
+    return bytes([number << 3 | 2, *size, length]) + payload
+
+
+def test_forgery_sends_canonical_bytes_on_and_encodes_anything_else_anew() -> None:
+    """A batch the forgery stage leaves alone goes out as it came only when its encoding is the
+    canonical one; a client's integrity claim is always stripped from what goes out."""
+    forgery = ForgeryProcessor(ForgeryConfig())   # in its learning period: every batch passes
+    c = StageChain(names=["forgery"], processors=[forgery], keyring=WORKER, topics=TOPICS, output_topic=TOPICS.clean,
+                   keying="gateway", output_partitions=lambda _s: 6, instance="test")
+
+    def sent(payload: bytes) -> bytes:
+        value = encode(GATEWAY.sign(Envelope(
+            batch_id=str(uuid.uuid4()), tenant="acme", principal="k1", signal=Signal.TRACES,
+            payload_format=PayloadFormat.OTLP_PROTO, received_at_ns=NOW, gateway_id="gw", payload=payload,
+            stages=("gateway",))))
+        (record,) = c.handle(Signal.TRACES, value, b"k", "src").records
+        return decode(record.value).payload
+
+    # Durations differ from request to request, or the later ones would be replays of the first.
+    canonical = traces(3, start_time_unix_nano=NOW - 1234).SerializeToString()
+    assert sent(canonical) == canonical
+    # The same request with a span's kind written out although it is the default (0): valid, not canonical.
+    request = traces(1, start_time_unix_nano=NOW - 2345)
+    resource = request.resource_spans[0]
+    span = resource.scope_spans[0].spans[0].SerializeToString() + b"\x30\x00"
+    padded = _len_field(1, _len_field(1, resource.resource.SerializeToString()) + _len_field(2, _len_field(2, span)))
+    assert ExportTraceServiceRequest.FromString(padded) == request
+    assert sent(padded) == request.SerializeToString() != padded
+    claimed = traces(2, start_time_unix_nano=NOW - 3456)
+    claimed.resource_spans[0].resource.attributes.add(key=INTEGRITY_SCORE).value.double_value = 0.0
+    out = ExportTraceServiceRequest.FromString(sent(claimed.SerializeToString()))
+    assert [kv.key for kv in out.resource_spans[0].resource.attributes] == ["service.name"]
 
 
 class _SetAside(Processor):
