@@ -2,11 +2,13 @@
 fused chain, on clean traffic and on traffic where 5 % of attributes hold something to scrub, with
 100- and 1000-span batches; the fused chain with its clean-batch fast path (native, see
 docs/stages.md) and without it, side by side, also on clean traffic whose spans carry a `url.full`
-(which wakes url_password's screen); plus profiles of the fused chain on both paths.
+(which wakes url_password's screen); the forgery stage also on batches of one service, as an SDK
+sends them (its cost follows the (service, span name) groups and attribute keys per batch); plus
+profiles of the fused chain on both paths.
 
 It measures the per-record work of a stage (verify, decode once, processors, encode once, sign),
-in one process on one core, with dedup's marks in the real local Redis; Kafka transport is not
-included (the gateway and end-to-end benchmarks cover it).
+in one process on one core with the worker's garbage-collector settings, with dedup's marks in the
+real local Redis; Kafka transport is not included (the gateway and end-to-end benchmarks cover it).
 
     .venv/bin/python -m benchmarks.stages_bench [--batches 40]
 """
@@ -39,6 +41,7 @@ from processors.forgery.processor import ForgeryProcessor
 from processors.forgery.state import RedisSnapshots
 from processors.scrub import ScrubProcessor
 from processors.validate import ValidateProcessor
+from rampart.cli import collect_garbage_less_often
 from rampart.config import DedupConfig, ForgeryConfig, ScrubConfig, ValidateConfig
 from rampart.keyring import KeyRing, generate_key
 from rampart.topics import TopicNames
@@ -46,7 +49,11 @@ from schemas.envelope import Envelope, PayloadFormat, Signal, encode
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLEAN, DIRTY, CLEAN_URLS = "clean", "5% to scrub", "clean, url.full in every span"
+# An SDK's batch: one resource, so a sixth as many (service, span name) groups and a quarter as many
+# (service, attribute key) pairs per span as the four-service batches of a collector (CLEAN).
+CLEAN_ONE_SERVICE = "clean, one service per batch"
 FUSED = "validate+scrub+dedup (fused)"
+FORGERY = "forgery (past learning, Redis snapshots)"
 SECRETS = ["jane.doe@example.com", "4111 1111 1111 1111", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
            "https://admin:hunter2@db.internal/x", "/login?user=bob&password=hunter2"]
 
@@ -68,7 +75,7 @@ def requests(spans: int, count: int, traffic: str, seed: int) -> list[ExportTrac
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        request = trace_request(spans, rng)
+        request = trace_request(spans, rng, services=1 if traffic == CLEAN_ONE_SERVICE else 4)
         for rs in request.resource_spans:
             for ss in rs.scope_spans:
                 for span in ss.spans:
@@ -115,7 +122,8 @@ def profile(chain: StageChain, values: list[bytes]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=40, help="batches per measurement (default 40)")
+    parser.add_argument("--batches", type=int, default=40,
+                        help="1000-span batches per measurement, ten times as many of 100 spans (default 40)")
     parser.add_argument("--out", default=str(RESULTS / "stages"), help="output path without extension")
     args = parser.parse_args(argv)
 
@@ -140,11 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     def fused() -> list[Processor]:
         return [ValidateProcessor(ValidateConfig()), ScrubProcessor(ScrubConfig(), {}), dedup()]
 
+    def forgery() -> tuple[str, list[Processor], bool, bool, str]:
+        # One principal sends everything here, so there are no peers to score against: this is mostly
+        # the cost of the hard rules, the sketches and the lineage index. Its services are allow-listed,
+        # so clean batches pass and teach, as they do past learning (without it every batch would be a
+        # new service: flagged, quarantined, teaching nothing).
+        config = ForgeryConfig(learning_s=0.0, allowed_new_services={"bench/k": tuple(SERVICES)})
+        return (FORGERY, [ForgeryProcessor(config, RedisSnapshots(client), f"bench-{uuid.uuid4().hex[:8]}")],
+                False, False, "gateway")
+
     rows: list[Row] = []
     profiles: dict[str, str] = {}
+    collect_garbage_less_often()   # the cycle collector's settings `rampart worker` runs with
     for spans in (100, 1000):
-        batches = max(4, args.batches * (1000 // spans) // 10) if spans == 100 else args.batches
-        for traffic in (CLEAN, DIRTY, CLEAN_URLS):
+        batches = args.batches * (1000 // spans)   # the same spans at both sizes: 100-span rows as steady
+        for traffic in (CLEAN, DIRTY, CLEAN_URLS, CLEAN_ONE_SERVICE):
             reqs = requests(spans, batches, traffic, seed=spans)
             values = envelopes(reqs, gateway_ring, received)
             encrypted = envelopes(reqs, gateway_ring, received, encrypt=True)
@@ -157,20 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                 ("validate", [ValidateProcessor(ValidateConfig())], False, False, "gateway"),
                 ("scrub", [ScrubProcessor(ScrubConfig(), {})], False, False, "gateway"),
                 ("dedup (Redis)", [dedup()], False, False, "gateway"),
-                # One principal sends everything here, so there are no peers to score against: this is
-                # mostly the cost of the hard rules, the sketches and the lineage index. Its services are
-                # allow-listed, so clean batches pass and teach, as they do past learning (without it
-                # every batch would be a new service: flagged, quarantined, teaching nothing).
-                ("forgery (past learning, Redis snapshots)",
-                 [ForgeryProcessor(ForgeryConfig(learning_s=0.0, allowed_new_services={"bench/k": tuple(SERVICES)}),
-                                   RedisSnapshots(client), f"bench-{uuid.uuid4().hex[:8]}")], False, False,
-                 "gateway"),
-            ] if traffic != CLEAN_URLS else []
-            stages += [
-                (FUSED, fused(), False, False, "gateway"),
-                (f"{FUSED}, fast path", fused(), False, True, "gateway"),
-                (f"{FUSED}, fast path, trace_id keying", fused(), False, True, "trace_id"),
-            ]
+                forgery(),
+            ] if traffic in (CLEAN, DIRTY) else [forgery()] if traffic == CLEAN_ONE_SERVICE else []
+            if traffic != CLEAN_ONE_SERVICE:
+                stages += [
+                    (FUSED, fused(), False, False, "gateway"),
+                    (f"{FUSED}, fast path", fused(), False, True, "gateway"),
+                    (f"{FUSED}, fast path, trace_id keying", fused(), False, True, "trace_id"),
+                ]
             for name, processors, with_encryption, fast, keying in stages:
                 print(f"[bench] {spans} spans/batch, {traffic}: {name} ...", flush=True)
                 c = chain([p.name for p in processors] or ["none"], processors, with_encryption, fast, keying)
@@ -188,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {"benchmark": "stages", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-            "method": "process CPU time of StageChain.handle over pre-built signed envelopes, one core; "
+            "method": "process CPU time of StageChain.handle over pre-built signed envelopes, one core, with "
+                      "the worker's garbage-collector settings; "
                       "dedup marks in the local Redis (its round trips count as wall time, not CPU here); "
                       "rows marked \"fast path\" let the chain take its clean-batch fast path (native scan, no "
                       "decode or encode), the others run the Python path; the last column counts the batches "

@@ -262,7 +262,7 @@ def _add_pipeline_roles(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _gateway(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
-    _collect_garbage_less_often()
+    collect_garbage_less_often()
     try:
         uvloop.run(run_gateway(config, env))  # libuv's loop: less CPU per request than asyncio's own
     except GatewayStartupError as exc:
@@ -271,7 +271,7 @@ def _gateway(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, 
     return EXIT_OK
 
 
-def _collect_garbage_less_often() -> None:
+def collect_garbage_less_often() -> None:
     """For the long-running services: the cycle collector's young generation is scanned after every
     700 net allocations by default, which for a gateway is every request or two (4 % of its CPU at
     100-span requests). Every 20,000 costs a little memory held in cyclic garbage a little longer.
@@ -290,7 +290,7 @@ def _worker(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, s
     if (args.input is None) != (args.output is None):
         print("rampart worker: --input and --output go together", file=sys.stderr)
         return EXIT_USAGE
-    _collect_garbage_less_often()
+    collect_garbage_less_often()
     try:
         run_worker(config, env, stages, signals, args.input, args.output)
     except (WorkerSetupError, ScrubSetupError) as exc:
@@ -300,7 +300,7 @@ def _worker(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, s
 
 
 def _sink(args: argparse.Namespace, config: RampartConfig, env: Mapping[str, str]) -> int:
-    _collect_garbage_less_often()
+    collect_garbage_less_often()
     try:
         run_sink(config, env, args.name)
     except SinkSetupError as exc:
