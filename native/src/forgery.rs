@@ -3,8 +3,8 @@
 //!
 //! The summary is made of the very Python objects the Python pass builds (dicts and sets filled in
 //! the same order, digests from `hash()` of equal tuples), because the forgery rules depend on more
-//! than their contents: HyperLogLog sums and Bloom filter limits follow set iteration order, and
-//! the state is keyed by the process's `hash()`. Only requests `trace::parse` calls clean are
+//! than their contents: HyperLogLog sums follow set iteration order (src/cardinality.rs), and the
+//! state is keyed by the process's `hash()`. Only requests `trace::parse` calls clean are
 //! summarised: they decode to exactly what is read here, and every sub-message's bytes are what
 //! protobuf serialises for it.
 

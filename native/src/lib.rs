@@ -6,11 +6,11 @@
 //! sends the batch down the Python path.
 //!
 //! The forgery stage reads its per-batch summary from here too (`forgery_summary`, src/forgery.rs),
-//! and runs its cardinality sketches' per-value loops here (src/sketches.rs).
+//! and keeps its attribute-value cardinality here (`CardinalityTracker`, src/cardinality.rs).
 
+mod cardinality;
 mod forgery;
 mod screen;
-mod sketches;
 mod split;
 mod trace;
 mod wire;
@@ -222,11 +222,10 @@ fn rampart_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TraceScan>()?;
     m.add_class::<Needles>()?;
     m.add_class::<ForgerySummary>()?;
+    m.add_class::<cardinality::CardinalityTracker>()?;
+    m.add_class::<cardinality::Observed>()?;
     m.add_function(wrap_pyfunction!(scan_traces, m)?)?;
     m.add_function(wrap_pyfunction!(card_screen, m)?)?;
     m.add_function(wrap_pyfunction!(forgery_summary, m)?)?;
-    m.add_function(wrap_pyfunction!(sketches::hll_add, m)?)?;
-    m.add_function(wrap_pyfunction!(sketches::bloom_missing, m)?)?;
-    m.add_function(wrap_pyfunction!(sketches::bloom_add, m)?)?;
     Ok(())
 }

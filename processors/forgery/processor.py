@@ -38,7 +38,7 @@ from rampart_native import forgery_summary
 
 from processors.base import Batch, Processor, Quarantine, Result
 from processors.forgery.baselines import BaselineStore, Group, Source
-from processors.forgery.cardinality import CardinalityTracker, KeyVerdict
+from processors.forgery.cardinality import CardinalityTracker, Observed
 from processors.forgery.changes import cusum_step
 from processors.forgery.lineage import Calls, LineageTracker, SourceLineage, cell
 from processors.forgery.metric_peers import MetricScreen
@@ -516,18 +516,12 @@ class ForgeryProcessor(Processor):
                 verdict.reasons.append(f"replay: the same {len(view.durations)} span durations, to the nanosecond, "
                                        "were seen before under another batch id")
 
-    def _cardinality_rules(self, tenant: str, view: _View, now: float, warm: bool,
-                           verdict: Verdict) -> list[tuple[tuple[str, str, str], KeyVerdict]]:
-        out = []
-        for service, keys in view.value_hashes.items():
-            for key, hashes in keys.items():
-                full_key = (tenant, service, key)
-                result = self._cardinality.observe(full_key, hashes, now, judge=warm)
-                if result.reason:
-                    verdict.codes.append(result.reason)
-                    verdict.reasons.append(f"{result.reason}: {service}: {result.detail}")
-                out.append((full_key, result))
-        return out
+    def _cardinality_rules(self, tenant: str, view: _View, now: float, warm: bool, verdict: Verdict) -> Observed:
+        findings, observed = self._cardinality.observe(tenant, view.value_hashes, now, judge=warm)
+        for finding in findings:
+            verdict.codes.append(finding.reason)
+            verdict.reasons.append(f"{finding.reason}: {finding.service}: {finding.detail}")
+        return observed
 
     # ------------------------------------------------------------------ statistics against peers
 
@@ -751,13 +745,11 @@ class ForgeryProcessor(Processor):
     # ------------------------------------------------------------------ learning
 
     def _learn(self, tenant: str, principal: str, reporters: dict[str, set[str]], new_services: list[str],
-               median_lag_s: float, card: list[tuple[tuple[str, str, str], KeyVerdict]],
-               scored: list[_Scored], now: float) -> None:
+               median_lag_s: float, card: Observed, scored: list[_Scored], now: float) -> None:
         for service in new_services:
             reporters.setdefault(service, set()).add(principal)
         self._store.principal(tenant, principal).lag.add(median_lag_s)
-        for key, result in card:
-            self._cardinality.accept(key, result)
+        self._cardinality.accept(card)
         for s in scored:
             group, source, op = s.group, s.source, s.ops
             group.everyone.add_counts(op.counts, now)

@@ -1,30 +1,22 @@
-"""Bounded streaming sketches for the forgery stage, written here to stay small and cheap per item (the
-per-value loops of HyperLogLog and BloomFilter run natively: native/src/sketches.rs).
+"""Bounded streaming sketches for the forgery stage, written here to stay small and cheap per item
+(the HyperLogLog and Bloom filter of attribute-value cardinality are native: cardinality.py).
 
 - :class:`DecayedHistogram`: DDSketch-style log buckets (relative accuracy ``alpha``) with forward
   exponential decay, so "the last minute" costs one dict per key instead of a ring of windows.
 - :class:`DecayedCount`: the same decay for a single number (volume, error counts).
-- :class:`HyperLogLog`: distinct values with an O(1) running estimate (no register scan per read).
-- :class:`BloomFilter`: "have we seen this value before", for low-cardinality attribute keys.
 - :class:`RobustZ`: median/MAD over the last values of a series, to turn a raw statistic into a
   robust z-score that already accounts for how noisy this source normally is.
-
-Hashes come from the caller (Python's ``hash()``, SipHash keyed per process): an attacker cannot
-choose values that collide in a register or a filter without knowing the process's key.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
 from itertools import accumulate
 from statistics import StatisticsError
 from typing import Any
 
-from rampart_native import bloom_add, bloom_missing, hll_add
-
-__all__ = ["BloomFilter", "DecayedCount", "DecayedHistogram", "HyperLogLog", "RobustZ", "bucket_index", "cumulative"]
+__all__ = ["DecayedCount", "DecayedHistogram", "RobustZ", "bucket_index", "cumulative"]
 
 # Bucket boundaries grow by GAMMA = (1 + ALPHA) / (1 - ALPHA): any value is within ALPHA (5 %) of its
 # bucket's representative. Durations are clamped to [1 µs, ~2.8 h], so a histogram never has more
@@ -185,83 +177,6 @@ def cumulative(histogram: DecayedHistogram, now_s: float) -> tuple[list[int], li
     indices = sorted(buckets)
     # A running sum from 0.0, in index order: the same additions as a loop, done in C.
     return indices, list(accumulate([buckets[index] * scale for index in indices], initial=0.0))[1:]
-
-
-class HyperLogLog:
-    """Flajolet et al.'s HyperLogLog with 2^p registers (p=10: 1 KiB, ~3 % standard error), keeping
-    the harmonic sum and the count of empty registers up to date so that reading the estimate is O(1)."""
-
-    __slots__ = ("_alpha_mm", "_inv_sum", "_m", "_p", "_registers", "_zeros")
-
-    def __init__(self, p: int = 10) -> None:
-        self._p = p
-        self._m = 1 << p
-        self._registers = bytearray(self._m)
-        self._inv_sum = float(self._m)     # sum of 2^-register
-        self._zeros = self._m
-        self._alpha_mm = 0.7213 / (1 + 1.079 / self._m) * self._m * self._m
-
-    def add_hash(self, h: int) -> bool:
-        """Add a 64-bit hash; True when a register grew (the value was certainly new)."""
-        h &= 0xFFFF_FFFF_FFFF_FFFF
-        index = h & (self._m - 1)
-        rest = h >> self._p
-        rank = (64 - self._p) - rest.bit_length() + 1
-        old = self._registers[index]
-        if rank <= old:
-            return False
-        self._registers[index] = rank
-        self._inv_sum += 2.0 ** -rank - 2.0 ** -old
-        if old == 0:
-            self._zeros -= 1
-        return True
-
-    def add_hashes(self, hashes: Iterable[int]) -> None:
-        """``add_hash`` for each of ``hashes``, in order (one native call per batch instead of a step per value)."""
-        self._inv_sum, self._zeros = hll_add(self._registers, self._p, hashes, self._inv_sum, self._zeros)
-
-    def estimate(self) -> float:
-        raw = self._alpha_mm / self._inv_sum
-        if raw <= 2.5 * self._m and self._zeros:
-            return self._m * math.log(self._m / self._zeros)   # linear counting for small sets
-        return raw
-
-
-class BloomFilter:
-    """A Bloom filter with k probes by double hashing; 32 Kibit holds ~3,000 values at <1 % false positives."""
-
-    __slots__ = ("_bits", "_k", "_m", "count")
-
-    def __init__(self, bits: int = 32_768, k: int = 4) -> None:
-        self._m = bits
-        self._k = k
-        self._bits = bytearray(bits // 8)
-        self.count = 0   # values added (an upper bound on distinct values held)
-
-    def __contains__(self, h: int) -> bool:
-        bits, m = self._bits, self._m
-        h1, h2 = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
-        for i in range(self._k):
-            p = (h1 + i * h2) % m
-            if not bits[p >> 3] & (1 << (p & 7)):
-                return False
-        return True
-
-    def add(self, h: int) -> None:
-        bits, m = self._bits, self._m
-        h1, h2 = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
-        for i in range(self._k):
-            p = (h1 + i * h2) % m
-            bits[p >> 3] |= 1 << (p & 7)
-        self.count += 1
-
-    def missing(self, hashes: Iterable[int]) -> frozenset[int]:
-        """The hashes not (probably) held: ``h not in self`` for each, in one native call."""
-        return bloom_missing(self._bits, self._m, self._k, hashes)
-
-    def add_hashes(self, hashes: Iterable[int], limit: int) -> None:
-        """``add`` each of ``hashes`` in order while fewer than ``limit`` values were added."""
-        self.count = bloom_add(self._bits, self._m, self._k, hashes, self.count, limit)
 
 
 class RobustZ:

@@ -14,10 +14,8 @@ from processors.forgery.replay import ReplayIndex, sampled
 from processors.forgery.scoring import combine, error_z, evidence, rank_stats
 from processors.forgery.sketches import (
     ALPHA,
-    BloomFilter,
     DecayedCount,
     DecayedHistogram,
-    HyperLogLog,
     RobustZ,
     bucket_index,
     cumulative,
@@ -61,52 +59,6 @@ def test_cumulative_is_sorted_and_ends_at_the_total() -> None:
     indices, totals = cumulative(histogram, 10.0)
     assert indices == sorted(indices)
     assert totals[-1] == pytest.approx(2.0)   # 4 spans, one half-life later
-
-
-def test_hyperloglog_estimates_within_a_few_percent() -> None:
-    for distinct in (100, 5_000, 100_000):
-        hll = HyperLogLog()
-        for i in range(distinct):
-            hll.add_hash(hash(f"value-{i}"))
-        assert hll.estimate() == pytest.approx(distinct, rel=0.08)
-
-
-def test_hyperloglog_ignores_repeats() -> None:
-    hll = HyperLogLog()
-    for _ in range(50):
-        for i in range(300):
-            hll.add_hash(hash(f"user-{i}"))
-    assert hll.estimate() == pytest.approx(300, rel=0.08)
-
-
-def test_bloom_filter_has_no_false_negatives_and_few_false_positives() -> None:
-    bloom = BloomFilter()
-    for i in range(3_000):
-        bloom.add(hash(f"in-{i}"))
-    assert all(hash(f"in-{i}") in bloom for i in range(3_000))
-    false_positives = sum(hash(f"out-{i}") in bloom for i in range(10_000))
-    assert false_positives < 200   # < 2 %
-
-
-@given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=300), st.integers(0, 400))
-def test_bulk_sketch_updates_equal_one_at_a_time(hashes: list[int], limit: int) -> None:
-    one, bulk = HyperLogLog(), HyperLogLog()
-    for h in hashes:
-        one.add_hash(h)
-    bulk.add_hashes(hashes)
-    assert bulk.estimate() == one.estimate()   # the same registers, the same float sums in the same order
-    known, other = BloomFilter(bits=4096), BloomFilter(bits=4096)
-    for h in hashes[: len(hashes) // 2]:
-        known.add(h)
-    assert known.missing(hashes) == frozenset(h for h in hashes if h not in known)
-    for h in hashes:
-        if other.count >= limit:
-            break
-        other.add(h)
-    bulk_bloom = BloomFilter(bits=4096)
-    bulk_bloom.add_hashes(hashes, limit)
-    assert bulk_bloom.count == other.count
-    assert all((h in bulk_bloom) == (h in other) for h in hashes)
 
 
 @given(st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=90))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from rampart_native import bloom_add, bloom_missing, forgery_summary, hll_add
+from rampart_native import forgery_summary
 
 from benchmarks.otlp_load import trace_request
 from processors.base import Batch
@@ -163,46 +163,3 @@ def test_json_payloads_are_read_from_the_decoded_request() -> None:
     batch = Batch(signal=Signal.TRACES, request=request, batch_id="b", tenant="t", principal="p",
                   received_at_ns=NOW, raw_payload=b"{}", payload_format=PayloadFormat.OTLP_JSON)
     assert processor._extract(batch).spans == 5
-
-
-# ---------------------------------------------------------------------- the sketches' native loops
-
-hashes = st.sets(st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**70), 2**70)), max_size=300)
-
-
-@given(st.lists(hashes, min_size=1, max_size=4))
-def test_hyperloglog_loop_is_the_python_arithmetic(batches: list[set[int]]) -> None:
-    p = 10
-    registers, inv_sum, zeros = bytearray(1 << p), float(1 << p), 1 << p
-    expected, expected_sum, expected_zeros = bytearray(1 << p), float(1 << p), 1 << p
-    for batch in batches:
-        inv_sum, zeros = hll_add(registers, p, batch, inv_sum, zeros)
-        for value in batch:
-            h = value & 0xFFFF_FFFF_FFFF_FFFF
-            rank = 65 - p - (h >> p).bit_length()
-            old = expected[h & ((1 << p) - 1)]
-            if rank > old:
-                expected[h & ((1 << p) - 1)] = rank
-                expected_sum += 2.0 ** -rank - 2.0 ** -old
-                expected_zeros -= old == 0
-        assert (registers, inv_sum, zeros) == (expected, expected_sum, expected_zeros)
-
-
-@given(st.lists(hashes, min_size=1, max_size=4), st.integers(0, 400))
-def test_bloom_loops_are_the_python_arithmetic(batches: list[set[int]], limit: int) -> None:
-    m, k = 4096, 4
-    bits, expected, count = bytearray(m // 8), bytearray(m // 8), 0
-
-    def probes(h: int) -> list[int]:
-        return [((h & 0xFFFF_FFFF) + i * (((h >> 32) & 0xFFFF_FFFF) | 1)) % m for i in range(k)]
-
-    for batch in batches:
-        missing = bloom_missing(bits, m, k, batch)
-        assert list(missing) == list(frozenset(h for h in batch
-                                               if not all(expected[q >> 3] & (1 << (q & 7)) for q in probes(h))))
-        new_count = bloom_add(bits, m, k, missing, count, limit)
-        for h in list(missing)[:max(0, limit - count)]:
-            for q in probes(h):
-                expected[q >> 3] |= 1 << (q & 7)
-        count = min(limit, count + len(missing)) if count < limit else count
-        assert (bits, new_count) == (expected, count)
