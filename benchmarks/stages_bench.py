@@ -2,9 +2,9 @@
 fused chain, on clean traffic and on traffic where 5 % of attributes hold something to scrub, with
 100- and 1000-span batches; the fused chain with its clean-batch fast path (native, see
 docs/stages.md) and without it, side by side, also on clean traffic whose spans carry a `url.full`
-(which wakes url_password's screen); the forgery stage also on batches of one service, as an SDK
-sends them (its cost follows the (service, span name) groups and attribute keys per batch); plus
-profiles of the fused chain on both paths.
+(which wakes url_password's screen); the forgery stage on both paths, also on batches of one service
+as an SDK sends them (its cost follows the (service, span name) groups and attribute keys per
+batch), and fused with the other three; plus profiles of the fused chain on both paths.
 
 It measures the per-record work of a stage (verify, decode once, processors, encode once, sign),
 in one process on one core with the worker's garbage-collector settings, with dedup's marks in the
@@ -54,6 +54,7 @@ CLEAN, DIRTY, CLEAN_URLS = "clean", "5% to scrub", "clean, url.full in every spa
 CLEAN_ONE_SERVICE = "clean, one service per batch"
 FUSED = "validate+scrub+dedup (fused)"
 FORGERY = "forgery (past learning, Redis snapshots)"
+FUSED_ALL = "validate+scrub+dedup+forgery (fused)"
 SECRETS = ["jane.doe@example.com", "4111 1111 1111 1111", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
            "https://admin:hunter2@db.internal/x", "/login?user=bob&password=hunter2"]
 
@@ -148,14 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     def fused() -> list[Processor]:
         return [ValidateProcessor(ValidateConfig()), ScrubProcessor(ScrubConfig(), {}), dedup()]
 
-    def forgery() -> tuple[str, list[Processor], bool, bool, str]:
+    def forgery() -> ForgeryProcessor:
         # One principal sends everything here, so there are no peers to score against: this is mostly
         # the cost of the hard rules, the sketches and the lineage index. Its services are allow-listed,
         # so clean batches pass and teach, as they do past learning (without it every batch would be a
         # new service: flagged, quarantined, teaching nothing).
         config = ForgeryConfig(learning_s=0.0, allowed_new_services={"bench/k": tuple(SERVICES)})
-        return (FORGERY, [ForgeryProcessor(config, RedisSnapshots(client), f"bench-{uuid.uuid4().hex[:8]}")],
-                False, False, "gateway")
+        return ForgeryProcessor(config, RedisSnapshots(client), f"bench-{uuid.uuid4().hex[:8]}")
 
     rows: list[Row] = []
     profiles: dict[str, str] = {}
@@ -175,14 +175,18 @@ def main(argv: list[str] | None = None) -> int:
                 ("validate", [ValidateProcessor(ValidateConfig())], False, False, "gateway"),
                 ("scrub", [ScrubProcessor(ScrubConfig(), {})], False, False, "gateway"),
                 ("dedup (Redis)", [dedup()], False, False, "gateway"),
-                forgery(),
-            ] if traffic in (CLEAN, DIRTY) else [forgery()] if traffic == CLEAN_ONE_SERVICE else []
+            ] if traffic in (CLEAN, DIRTY) else []
+            if traffic != CLEAN_URLS:
+                stages += [(FORGERY, [forgery()], False, False, "gateway"),
+                           (f"{FORGERY}, fast path", [forgery()], False, True, "gateway")]
             if traffic != CLEAN_ONE_SERVICE:
                 stages += [
                     (FUSED, fused(), False, False, "gateway"),
                     (f"{FUSED}, fast path", fused(), False, True, "gateway"),
                     (f"{FUSED}, fast path, trace_id keying", fused(), False, True, "trace_id"),
                 ]
+            if traffic == CLEAN:
+                stages.append((f"{FUSED_ALL}, fast path", [*fused(), forgery()], False, True, "gateway"))
             for name, processors, with_encryption, fast, keying in stages:
                 print(f"[bench] {spans} spans/batch, {traffic}: {name} ...", flush=True)
                 c = chain([p.name for p in processors] or ["none"], processors, with_encryption, fast, keying)

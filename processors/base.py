@@ -80,10 +80,16 @@ class RawBatch:
     principal: str
     received_at_ns: int
     payload: bytes
+    released_by: str | None = None   # as Batch.released_by
 
     @cached_property
     def scan(self) -> TraceScan:
         return scan_traces(self.payload)
+
+    @cached_property
+    def services(self) -> list[str]:
+        """The resources' service names, distinct, in order (tenant_service keying's keys)."""
+        return self.scan.services()
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ class StageChain:
                 raise _Untrusted("skipped_stages", f"envelope has passed {', '.join(envelope.stages)}; "
                                                    f"{', '.join(self._required_before)} must come first")
             released_by = self._release_keys.check(envelope) if self._release_keys is not None else None
-            cleared = self._cleared(envelope)
+            cleared = self._cleared(envelope, released_by)
             if cleared is None:
                 request = decode_payload(signal, envelope.payload_format, envelope.payload)
                 if count_entries(request, signal, MAX_ENTRIES_PER_RECORD) > MAX_ENTRIES_PER_RECORD:
@@ -168,19 +168,22 @@ class StageChain:
 
     # ------------------------------------------------------------ the clean-batch fast path
 
-    def _cleared(self, envelope: Envelope) -> tuple[RawBatch, list[Result]] | None:
+    def _cleared(self, envelope: Envelope, released_by: str | None) -> tuple[RawBatch, list[Result]] | None:
         """Every processor's result if each clears the undecoded batch (Processor.clears), else None.
 
-        Only OTLP protobuf traces the native scan fully understands qualify, and not under
-        tenant_service keying (it would need the resources decoded); anything else, including a
-        record over the entry limit, takes the Python path, which gives the exact reasons.
+        Only OTLP protobuf traces the native scan fully understands qualify, under tenant_service
+        keying only those of one service (more would need splitting by resource); anything else,
+        including a record over the entry limit, takes the Python path, which gives the exact reasons.
         """
-        if (not self._fast_path or envelope.signal is not Signal.TRACES or self._keying == "tenant_service"
+        if (not self._fast_path or envelope.signal is not Signal.TRACES
                 or envelope.payload_format is not PayloadFormat.OTLP_PROTO):
             return None
         raw = RawBatch(signal=envelope.signal, batch_id=envelope.batch_id, tenant=envelope.tenant,
-                       principal=envelope.principal, received_at_ns=envelope.received_at_ns, payload=envelope.payload)
+                       principal=envelope.principal, received_at_ns=envelope.received_at_ns, payload=envelope.payload,
+                       released_by=released_by)
         if not raw.scan.clean or not raw.scan.spans or raw.scan.entries > MAX_ENTRIES_PER_RECORD:
+            return None
+        if self._keying == "tenant_service" and len(raw.services) != 1:
             return None
         results = []
         for processor in self._processors:
@@ -202,6 +205,11 @@ class StageChain:
             for event, fields in result.audit:
                 self._audit(outcome, event, envelope, **fields)
         topic = self._output_topic(envelope.signal)
+        if self._keying == "tenant_service":
+            (service,) = raw.services
+            outcome.records.append(self._record(topic, envelope, encrypt, envelope.payload, "",
+                                                f"{envelope.tenant}/{service}".encode(), None))
+            return
         if self._keying != "trace_id":
             outcome.records.append(self._record(topic, envelope, encrypt, envelope.payload, "", *kept))
             return

@@ -16,7 +16,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PySet, PyString, PyTuple};
 
-use crate::trace::Index;
+use crate::trace::{Index, ResourceRef};
 use crate::wire::{Bad, Field, Fields, Slice, Value};
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -227,6 +227,21 @@ fn text<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'py, PyString>> {
     // trace::parse checked every string as UTF-8; this only keeps a bug from passing a wrong one.
     let s = std::str::from_utf8(raw).map_err(|_| PyValueError::new_err("invalid UTF-8 in a string"))?;
     Ok(PyString::new(py, s))
+}
+
+/// A resource's `service.name`: the first such attribute's string, "" if it has none or it is not a string.
+pub fn service_name<'a>(data: &'a [u8], resource: &ResourceRef) -> Result<&'a [u8], Bad> {
+    if let Some(whole) = resource.resource {
+        for field in Fields::new(data, content(data, whole)?) {
+            if let Field { number: 1, value: Value::Len(kv), .. } = field? {
+                let kv = key_value(data, kv)?;
+                if kv.key == SERVICE_NAME {
+                    return Ok(kv.string.unwrap_or(b""));
+                }
+            }
+        }
+    }
+    Ok(b"")
 }
 
 /// One span's fields the summary reads, into buffers reused from span to span.

@@ -5,7 +5,7 @@
 //! answers questions, and any payload it does not fully understand is `clean == False`, which
 //! sends the batch down the Python path.
 //!
-//! The forgery stage reads its per-batch summary from here too (`forgery_summary`, src/forgery.rs),
+//! The forgery stage reads its per-batch summary from a scan too (`forgery_summary`, src/forgery.rs),
 //! and keeps its attribute-value cardinality here (`CardinalityTracker`, src/cardinality.rs).
 
 mod cardinality;
@@ -133,6 +133,37 @@ impl TraceScan {
         Ok(index.keys.iter().map(|k| self.str_of(*k)).filter(|k| seen.insert(*k)).collect())
     }
 
+    /// Each resource's `service.name` (its first, if a string; else ""), distinct, in order: the
+    /// keys of `tenant_service` keying.
+    fn services(&self) -> PyResult<Vec<&str>> {
+        let index = self.index()?;
+        let mut seen = HashSet::new();
+        let mut services = Vec::new();
+        for resource in &index.resources {
+            let name = forgery::service_name(&self.data, resource).map_err(PyValueError::new_err)?;
+            if seen.insert(name) {
+                services.push(std::str::from_utf8(name).unwrap_or(""));
+            }
+        }
+        Ok(services)
+    }
+
+    /// Whether any resource attribute's key starts with `prefix`.
+    fn has_resource_key_prefix(&self, prefix: &str) -> PyResult<bool> {
+        let index = self.index()?;
+        Ok(index.claims.iter().any(|c| c.key.of(&self.data).starts_with(prefix.as_bytes())))
+    }
+
+    /// The forgery stage's summary of the batch (src/forgery.rs; processors/forgery/processor.py).
+    #[allow(clippy::too_many_arguments)]
+    fn forgery_summary(&self, py: Python<'_>, now_ns: i128, lowest_ns: i128, highest_ns: i128, replay_every: u64,
+                       lineage_every: i64, min_duration_ns: i128, max_duration_ns: i128, min_bucket: i64,
+                       max_bucket: i64, inv_log_gamma: f64) -> PyResult<ForgerySummary> {
+        let settings = Settings { now_ns, lowest_ns, highest_ns, replay_every, lineage_every, min_duration_ns,
+                                  max_duration_ns, min_bucket, max_bucket, inv_log_gamma };
+        forgery::summarize(py, &self.data, self.index()?, &settings)
+    }
+
     /// `prefix + trace_id + span_id` for every span, in order (dedup's item keys).
     fn dedup_keys<'py>(&self, py: Python<'py>, prefix: &[u8]) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let index = self.index()?;
@@ -202,21 +233,6 @@ fn scan_traces(payload: &[u8]) -> TraceScan {
     TraceScan { data: payload.to_vec(), index: parse(payload) }
 }
 
-/// The forgery stage's summary of an OTLP trace request (src/forgery.rs), or None when the request
-/// is not one `scan_traces` calls clean (the stage then reads the decoded request itself).
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn forgery_summary(py: Python<'_>, payload: &[u8], now_ns: i128, lowest_ns: i128, highest_ns: i128,
-                   replay_every: u64, lineage_every: i64, min_duration_ns: i128, max_duration_ns: i128,
-                   min_bucket: i64, max_bucket: i64, inv_log_gamma: f64) -> PyResult<Option<ForgerySummary>> {
-    let Ok(index) = parse(payload) else {
-        return Ok(None);
-    };
-    let settings = Settings { now_ns, lowest_ns, highest_ns, replay_every, lineage_every, min_duration_ns,
-                              max_duration_ns, min_bucket, max_bucket, inv_log_gamma };
-    forgery::summarize(py, payload, &index, &settings).map(Some)
-}
-
 #[pymodule]
 fn rampart_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TraceScan>()?;
@@ -226,6 +242,5 @@ fn rampart_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cardinality::Observed>()?;
     m.add_function(wrap_pyfunction!(scan_traces, m)?)?;
     m.add_function(wrap_pyfunction!(card_screen, m)?)?;
-    m.add_function(wrap_pyfunction!(forgery_summary, m)?)?;
     Ok(())
 }

@@ -34,9 +34,9 @@ from statistics import median
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from rampart_native import forgery_summary
+from rampart_native import TraceScan, scan_traces
 
-from processors.base import Batch, Processor, Quarantine, Result
+from processors.base import Batch, Processor, Quarantine, RawBatch, Result
 from processors.forgery.baselines import BaselineStore, Group, Source
 from processors.forgery.cardinality import CardinalityTracker, Observed
 from processors.forgery.changes import cusum_step
@@ -143,6 +143,17 @@ class Verdict:
     learning: bool = False
 
 
+@dataclass(slots=True)
+class _Screened:
+    """A batch clears() screened, for process() if the chain hands it the same batch decoded."""
+
+    batch_id: str
+    payload: bytes          # the very object: a redelivery of the batch is another one
+    verdict: Verdict
+    services: list[str]
+    result: Result | None = None   # set when clears() cleared it (and did the accounting)
+
+
 class ForgeryProcessor(Processor):
     name = "forgery"
     honours_release = True
@@ -178,6 +189,7 @@ class ForgeryProcessor(Processor):
         self._lineage = LineageTracker(wait_s=config.orphan_wait_s, half_life_s=config.lineage_half_life_s,
                                        sample_every=config.lineage_sample_every, max_ids=config.max_span_ids,
                                        max_sources=config.max_groups, shared=shared, report=self._lineage_event)
+        self._screened: _Screened | None = None
         self._keeper = None if snapshots is None else StateKeeper(
             config.state, snapshots, redis_prefix, self._store, self._cardinality, self._snapshot_event, clock,
             background=background_saves, max_units=config.max_groups, lineage=self._lineage,
@@ -192,17 +204,53 @@ class ForgeryProcessor(Processor):
             return result
         if batch.released_by is not None:  # an operator's release, verified by the chain
             return self._released(batch)
-        keeper = self._keeper
-        services = _services(batch.request, batch.signal) if keeper is not None else []
-        if keeper is not None:
-            keeper.prepare(batch.tenant, services, batch.received_at_ns / _NS)
-        verdict = self.screen_metrics(batch) if batch.signal is Signal.METRICS else self.screen(batch)
+        screened, self._screened = self._screened, None
+        if screened is not None and screened.batch_id == batch.batch_id and screened.payload is batch.raw_payload:
+            # clears() screened this very batch already: it is screened, and teaches, once.
+            if screened.result is not None:
+                return screened.result
+            verdict, services = screened.verdict, screened.services
+        else:
+            services = self._prepare(batch.tenant, batch.received_at_ns, lambda: _services(batch.request, batch.signal))
+            verdict = self.screen_metrics(batch) if batch.signal is Signal.METRICS else self.screen(batch)
         result = self.act(batch, verdict)
-        if keeper is not None:
-            keeper.touched(batch.tenant, services)
-            keeper.save_due()
-        self._observe(batch.tenant, verdict, result)
+        self._finish(batch.tenant, services, verdict, result)
         return result
+
+    def clears(self, raw: RawBatch) -> Result | None:
+        """The clean-batch fast path (Processor.clears): a trace batch screened from its native scan,
+        cleared unless the verdict changes or sets aside the batch. Either way the verdict is kept, for
+        :meth:`process` if the chain decodes this batch after all: a batch is screened only once."""
+        self._screened = None
+        if raw.signal is not Signal.TRACES or raw.released_by is not None:
+            return None
+        scan = raw.scan
+        if scan.has_resource_key_prefix(_INTEGRITY_PREFIX):
+            return None   # a client's integrity claim, which act() strips: a change
+        services = self._prepare(raw.tenant, raw.received_at_ns, lambda: raw.services)
+        view = self._view(scan, raw.received_at_ns)
+        verdict = self._screen(raw.tenant, raw.principal, raw.batch_id, raw.received_at_ns, view)
+        result = self._result(verdict)
+        if result.quarantine is not None or self._annotates(verdict):
+            self._screened = _Screened(raw.batch_id, raw.payload, verdict, services)
+            return None
+        self._finish(raw.tenant, services, verdict, result)
+        self._screened = _Screened(raw.batch_id, raw.payload, verdict, services, result)
+        return result
+
+    def _prepare(self, tenant: str, received_at_ns: int, services: Callable[[], list[str]]) -> list[str]:
+        """Load the snapshots of the batch's services not held yet; returns the services."""
+        if self._keeper is None:
+            return []
+        names = services()
+        self._keeper.prepare(tenant, names, received_at_ns / _NS)
+        return names
+
+    def _finish(self, tenant: str, services: list[str], verdict: Verdict, result: Result) -> None:
+        if self._keeper is not None:
+            self._keeper.touched(tenant, services)
+            self._keeper.save_due()
+        self._observe(tenant, verdict, result)
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         self._metrics = ForgeryMetrics.create(registry)
@@ -233,20 +281,20 @@ class ForgeryProcessor(Processor):
 
     def screen(self, batch: Batch) -> Verdict:
         """Score a trace batch and let it teach the baselines if it scores low. Changes nothing in it."""
+        return self._screen(batch.tenant, batch.principal, batch.batch_id, batch.received_at_ns, self._extract(batch))
+
+    def _screen(self, tenant: str, principal: str, batch_id: str, now_ns: int, view: _View) -> Verdict:
         config = self._config
-        now_ns = batch.received_at_ns
         now = now_ns / _NS
-        tenant, principal = batch.tenant, batch.principal
         tenant_state = self._store.tenant(tenant, now)
         warm = now - tenant_state.first_s >= config.learning_s
-        view = self._extract(batch)
         verdict = Verdict(learning=not warm)
         if not view.spans:
             return verdict
 
         new_services = self._new_services(tenant, principal, view, warm, verdict)
         median_lag_s = self._timestamps(tenant, principal, view, warm, verdict)
-        self._replay(batch.batch_id, view, now, verdict)
+        self._replay(batch_id, view, now, verdict)
         card = self._cardinality_rules(tenant, view, now, warm, verdict)
         calls_z, calls = self._calls(tenant, principal, view, now, warm)
         scored = self._statistics(tenant, principal, view, now, warm, verdict, calls_z)
@@ -269,26 +317,35 @@ class ForgeryProcessor(Processor):
 
     def act(self, batch: Batch, verdict: Verdict) -> Result:
         """Apply the configured actions for a verdict to its batch."""
-        config = self._config
-        result = Result()
-        result.count("screened_batches")
-        if verdict.learning:
-            result.count("learning_batches")
+        result = self._result(verdict)
         stripped = _strip_integrity_claims(batch)
         if stripped:
             # A client must not be able to pre-stamp its own data as screened and clean.
             result.count("integrity_claims_removed", stripped)
-        for code in verdict.codes:
-            result.count(f"flag_{code}")
-        if verdict.score >= config.annotate_threshold and verdict.reasons:
+        annotate = self._annotates(verdict)
+        if annotate:
             reasons = "; ".join(verdict.reasons)[:_MAX_REASONS_CHARS]
             for resource in resources(batch.request, batch.signal):
                 attributes = resource.resource.attributes
                 attributes.add(key=INTEGRITY_SCORE).value.double_value = round(verdict.score, 3)
                 attributes.add(key=INTEGRITY_REASONS).value.string_value = reasons
             result.count("annotated_batches")
-        if stripped or "annotated_batches" in result.counts:
+        if stripped or annotate:
             result.changed = count_items(batch.request, batch.signal)
+        return result
+
+    def _annotates(self, verdict: Verdict) -> bool:
+        return verdict.score >= self._config.annotate_threshold and bool(verdict.reasons)
+
+    def _result(self, verdict: Verdict) -> Result:
+        """The counters of a verdict, and the quarantine its score calls for."""
+        config = self._config
+        result = Result()
+        result.count("screened_batches")
+        if verdict.learning:
+            result.count("learning_batches")
+        for code in verdict.codes:
+            result.count(f"flag_{code}")
         if config.quarantine and verdict.score >= config.quarantine_threshold:
             # The whole batch is set aside as it arrived (the runtime adds the audit event): an operator
             # can review it and release it (`rampart quarantine`).
@@ -355,25 +412,33 @@ class ForgeryProcessor(Processor):
     def _extract(self, batch: Batch) -> _View:
         """The batch's view: from the native summary of its protobuf bytes when it has them untouched
         and in the canonical form the native reader takes, else from the decoded request."""
-        now_ns = batch.received_at_ns
-        lowest = now_ns - int(self._config.max_lag_s * _NS)
-        highest = now_ns + int(self._config.max_lead_s * _NS)
-        every = self._config.replay_sample_every
-        every_id = self._lineage.local_sample_every
         if batch.raw_payload is not None and batch.payload_format is PayloadFormat.OTLP_PROTO:
-            summary = forgery_summary(batch.raw_payload, now_ns, lowest, highest, every, every_id, MIN_DURATION_NS,
-                                      MAX_DURATION_NS, MIN_BUCKET, MAX_BUCKET, INV_LOG_GAMMA)
-            if summary is not None:
+            scan = scan_traces(batch.raw_payload)
+            if scan.clean:
                 # The native reader takes only canonical encodings: unless this stage changes the
                 # batch, the chain can send these bytes on as they are.
                 batch.raw_canonical = True
-                return _View(ops={(service, name): _Ops(counts, error_counts, n, errors)
-                                  for service, name, counts, error_counts, n, errors in summary.ops},
-                             value_hashes=summary.value_hashes, digests=summary.digests, lags_ns=summary.lags_ns,
-                             durations=summary.durations, span_ids=summary.span_ids, parents=summary.parents,
-                             server_parented=summary.server_parented, calls=summary.calls,
-                             outside=summary.outside, spans=summary.spans)
-        return self._read(batch.request, now_ns, lowest, highest, every, every_id)
+                return self._view(scan, batch.received_at_ns)
+        lowest, highest = self._window(batch.received_at_ns)
+        return self._read(batch.request, batch.received_at_ns, lowest, highest, self._config.replay_sample_every,
+                          self._lineage.local_sample_every)
+
+    def _window(self, now_ns: int) -> tuple[int, int]:
+        """The span end times a batch received at ``now_ns`` may have (timestamp_window)."""
+        return now_ns - int(self._config.max_lag_s * _NS), now_ns + int(self._config.max_lead_s * _NS)
+
+    def _view(self, scan: TraceScan, now_ns: int) -> _View:
+        """The view from the native summary of a clean batch (native/src/forgery.rs)."""
+        lowest, highest = self._window(now_ns)
+        summary = scan.forgery_summary(now_ns, lowest, highest, self._config.replay_sample_every,
+                                       self._lineage.local_sample_every, MIN_DURATION_NS, MAX_DURATION_NS,
+                                       MIN_BUCKET, MAX_BUCKET, INV_LOG_GAMMA)
+        return _View(ops={(service, name): _Ops(counts, error_counts, n, errors)
+                          for service, name, counts, error_counts, n, errors in summary.ops},
+                     value_hashes=summary.value_hashes, digests=summary.digests, lags_ns=summary.lags_ns,
+                     durations=summary.durations, span_ids=summary.span_ids, parents=summary.parents,
+                     server_parented=summary.server_parented, calls=summary.calls, outside=summary.outside,
+                     spans=summary.spans)
 
     def _read(self, request: Any, now_ns: int, lowest: int, highest: int, every: int,  # noqa: PLR0915
               every_id: int) -> _View:

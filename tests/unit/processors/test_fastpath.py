@@ -18,15 +18,17 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client import CollectorRegistry
 from rampart_native import Needles, card_screen, scan_traces
 
-from benchmarks.otlp_load import trace_request
+from benchmarks.otlp_load import SERVICES, trace_request
 from processors.base import Batch, Processor, Result
 from processors.chain import ChainOutcome, StageChain
 from processors.dedup import DedupProcessor, InMemoryMarks
+from processors.forgery import INTEGRITY_SCORE, ForgeryProcessor
 from processors.scrub import ScrubProcessor
 from processors.validate import ValidateProcessor
-from rampart.config import DedupConfig, ScrubConfig, ValidateConfig
+from rampart.config import DedupConfig, ForgeryConfig, ScrubConfig, ValidateConfig
 from rampart.keyring import KeyRing, SignatureError, generate_key, is_encrypted
 from rampart.publisher import Record
 from schemas.envelope import Envelope, EnvelopeError, PayloadFormat, Signal, decode, encode
@@ -336,17 +338,84 @@ def test_hostile_inputs_give_the_same_outcome(payload: bytes) -> None:
         run_both(chains(keying, 4), [envelope(payload)])
 
 
+def generated(spans: int, rng: random.Random, services: int = 4) -> ExportTraceServiceRequest:
+    """A request of the benchmarks' generator, its times moved to just before NOW."""
+    request = trace_request(spans, rng, services)
+    for span in _spans(request):  # the generator's timestamps lie just before its own fixed "now"
+        span.start_time_unix_nano += NOW - 1_764_000_000_500_000_000
+        span.end_time_unix_nano += NOW - 1_764_000_000_500_000_000
+        for event in span.events:
+            event.time_unix_nano += NOW - 1_764_000_000_500_000_000
+    return request
+
+
 def test_the_fast_path_is_taken_for_the_benchmarks_clean_traffic() -> None:
     rng = random.Random(7)
-    requests = [trace_request(200, rng) for _ in range(3)]
-    for request in requests:  # the generator's timestamps lie just before its own fixed "now"
-        for span in _spans(request):
-            span.start_time_unix_nano += NOW - 1_764_000_000_500_000_000
-            span.end_time_unix_nano += NOW - 1_764_000_000_500_000_000
-            for event in span.events:
-                event.time_unix_nano += NOW - 1_764_000_000_500_000_000
+    requests = [generated(200, rng) for _ in range(3)]
     for keying, partitions in (("gateway", 1), ("trace_id", 6)):
         assert run_both(chains(keying, partitions), [envelope(r.SerializeToString()) for r in requests]) == 3
+
+
+def test_under_tenant_service_keying_batches_of_one_service_take_the_fast_path() -> None:
+    rng = random.Random(8)
+    one, four = generated(50, rng, services=1), generated(50, rng, services=4)
+    pair = chains("tenant_service", 1)
+    assert run_both(pair, [envelope(one.SerializeToString()), envelope(four.SerializeToString())]) == 1
+    another = generated(5, rng, services=1)
+    service = another.resource_spans[0].resource.attributes[0].value.string_value
+    outcome = pair[0].handle(Signal.TRACES, envelope(another.SerializeToString()), None, "src")
+    assert outcome.fast_path_batches == 1 and [r.key for r in outcome.records] == [f"acme/{service}".encode()]
+
+
+def forgery(**overrides: Any) -> ForgeryProcessor:
+    # Past learning, the generator's services allow-listed for k1: clean batches pass and teach.
+    return ForgeryProcessor(ForgeryConfig(learning_s=0.0, allowed_new_services={"acme/k1": tuple(SERVICES)},
+                                          **overrides))
+
+
+def forgery_traffic(rng: random.Random) -> list[bytes]:
+    """Clean batches of one and of four services, and among them what the stage flags or changes."""
+    values = [envelope(generated(rng.choice([3, 40, 120]), rng, 1).SerializeToString() if i % 2 else
+                       generated(rng.choice([40, 120]), rng, 4).SerializeToString()) for i in range(12)]
+    intruder = generated(20, rng, services=1)   # a service k1 never reported: new_service, quarantined
+    intruder.resource_spans[0].resource.attributes[0].value.string_value = "intruder"
+    claimed = generated(20, rng, services=1)    # a client's own integrity claim: stripped (a change)
+    claimed.resource_spans[0].resource.attributes.add(key=INTEGRITY_SCORE).value.double_value = 0.0
+    replayed = values[3]                        # the same payload under another batch id: replay
+    return [*values[:6], envelope(intruder.SerializeToString()), envelope(claimed.SerializeToString()),
+            envelope(decode(replayed).payload), *values[6:]]
+
+
+@pytest.mark.parametrize(("keying", "fused"), [("gateway", False), ("tenant_service", False), ("trace_id", True),
+                                               ("tenant_service", True)])
+def test_the_forgery_stage_on_the_fast_path_gives_what_the_python_path_gives(keying: str, fused: bool) -> None:
+    def processors() -> list[Processor]:
+        stages: list[Processor] = [ValidateProcessor(ValidateConfig()), ScrubProcessor(ScrubConfig(), {}),
+                                   DedupProcessor(DedupConfig(), InMemoryMarks(), "t")] if fused else []
+        return [*stages, forgery()]
+
+    taken = run_both(chains(keying, 3, processors=processors), forgery_traffic(random.Random(9)))
+    assert taken == (6 if keying == "tenant_service" else 12)   # the clean ones (of one service)
+
+
+def test_a_batch_forgery_cleared_is_screened_once_when_a_later_processor_needs_it_decoded() -> None:
+    rng = random.Random(10)
+    first, second = generated(30, rng, services=1), generated(30, rng, services=1)
+    _spans(second)[0].trace_id, _spans(second)[0].span_id = _spans(first)[0].trace_id, _spans(first)[0].span_id
+    registries: list[CollectorRegistry] = []
+
+    def processors() -> list[Processor]:
+        screen = forgery()
+        registries.append(CollectorRegistry())
+        screen.register_metrics(registries[-1])
+        return [screen, DedupProcessor(DedupConfig(), InMemoryMarks(), "t")]
+
+    # The second batch repeats a span: dedup cannot clear it after forgery did, so the chain decodes it.
+    assert run_both(chains("gateway", 1, processors=processors),
+                    [envelope(first.SerializeToString()), envelope(second.SerializeToString())]) == 1
+    for registry in registries:
+        assert registry.get_sample_value("rampart_forgery_batch_score_count") == 2
+        assert registry.get_sample_value("rampart_forgery_batches_total", {"action": "passed", "tenant": "acme"}) == 2
 
 
 def test_encrypted_batches_stay_encrypted_until_scrub_on_the_fast_path() -> None:
