@@ -68,9 +68,10 @@ INTEGRITY_REASONS = "rampart.integrity.reasons"
 _INTEGRITY_PREFIX = "rampart.integrity."
 DROP_REASON = "forgery_suspected"    # the quarantine reason
 # Estimated bytes per entry of each kind of state, measured with tracemalloc (docs/forgery.md, "Metrics"):
-# a group without its sources, a source (histogram, counters, four 64-value rings), a cardinality key
-# (HyperLogLog + Bloom filter), a replay digest, a principal's lag ring.
-_BYTES_PER_ENTRY = {"groups": 8_000, "sources": 20_000, "cardinality_keys": 5_800, "replay_digests": 85,
+# a group without its sources, a source (histogram, counters, four 64-value rings), a replay digest, a
+# principal's lag ring; a cardinality key is native, counted instead: 1 KiB of HyperLogLog registers,
+# 4 KiB of Bloom filter, its names and index entries (native/src/cardinality.rs).
+_BYTES_PER_ENTRY = {"groups": 8_000, "sources": 20_000, "cardinality_keys": 5_400, "replay_digests": 85,
                     "principals": 2_500}
 _GAUGES_EVERY_S = 5.0
 _STATUS_ERROR = 2
