@@ -65,10 +65,6 @@ class CardinalityTracker:
         """A batch judged clean teaches its keys: their new values become known, their novelty the usual."""
         self._native.accept(observed)
 
-    def estimate(self, tenant: str, service: str, key: str) -> float | None:
-        """The current window's distinct values of a key (None if it is not held)."""
-        return self._native.estimate(tenant, service, key)
-
     # ------------------------------------------------------------------ snapshots (processors/forgery/state.py)
 
     def export_service(self, tenant: str, service: str) -> dict[str, float]:
