@@ -21,6 +21,7 @@ from rampart.keyring import KeyRing, generate_key
 from rampart.release import RELEASED_BY, ReleaseKeys, generate_operator_key, sign_release
 from rampart.topics import TopicNames
 from schemas.envelope import Envelope, PayloadFormat, Signal, decode, encode
+from tests.data.hostile.corpus import field
 from tests.unit.processors.helpers import NOW, traces
 
 GATEWAY_KEY, WORKER_KEY = generate_key(), generate_key()
@@ -172,14 +173,6 @@ def test_tenant_service_keying() -> None:
     assert sorted(r.key for r in outcome.records) == [b"acme/cart", b"acme/checkout"]
 
 
-def _len_field(number: int, payload: bytes) -> bytes:
-    size, length = bytearray(), len(payload)
-    while length >= 0x80:
-        size.append(length & 0x7F | 0x80)
-        length >>= 7
-    return bytes([number << 3 | 2, *size, length]) + payload
-
-
 def test_forgery_sends_canonical_bytes_on_and_encodes_anything_else_anew() -> None:
     """A batch the forgery stage leaves alone goes out as it came only when its encoding is the
     canonical one; a client's integrity claim is always stripped from what goes out."""
@@ -202,7 +195,7 @@ def test_forgery_sends_canonical_bytes_on_and_encodes_anything_else_anew() -> No
     request = traces(1, start_time_unix_nano=NOW - 2345)
     resource = request.resource_spans[0]
     span = resource.scope_spans[0].spans[0].SerializeToString() + b"\x30\x00"
-    padded = _len_field(1, _len_field(1, resource.resource.SerializeToString()) + _len_field(2, _len_field(2, span)))
+    padded = field(1, field(1, resource.resource.SerializeToString()) + field(2, field(2, span)))
     assert ExportTraceServiceRequest.FromString(padded) == request
     assert sent(padded) == request.SerializeToString() != padded
     claimed = traces(2, start_time_unix_nano=NOW - 3456)
